@@ -1,0 +1,152 @@
+"""The small interface the connection core needs from a concurrency model.
+
+A backend answers five needs: be called back when a file descriptor is
+readable or writable, run something later, let one task sleep until another
+wakes it, spawn a task, and the usual queue / lock / sleep. The connection
+core (``connection.py``) uses nothing else, so a new model (threads, uWSGI's
+native async) plugs in by writing one module.
+
+Callbacks given to :meth:`Backend.watch_readable`, :meth:`Backend.watch_writable`
+and :meth:`Backend.call_later` run in the backend's event loop: they must not
+block. :meth:`Backend.in_event_loop` tells code which side it runs on.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable, ContextManager, Optional
+
+__all__ = ["Backend", "Event", "Queue", "Timer", "Wakeup", "Watcher"]
+
+
+class Watcher(abc.ABC):
+    """Calls a callback each time a file descriptor is ready, while started."""
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start watching (no-op if started)."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop watching (no-op if stopped)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop and release the watcher; it cannot be started again."""
+
+    @property
+    @abc.abstractmethod
+    def active(self) -> bool:
+        """True while the watcher is started."""
+
+
+class Timer(abc.ABC):
+    """A callback scheduled once, after a delay."""
+
+    @abc.abstractmethod
+    def cancel(self) -> None:
+        """Do not run the callback (no-op if it ran already)."""
+
+
+class Wakeup(abc.ABC):
+    """Lets one task sleep until another task, or the event loop, wakes it.
+
+    A :meth:`notify` that comes while nobody waits is remembered: the next
+    :meth:`wait` returns at once. Cheaper than an event: one waiter only.
+    """
+
+    @abc.abstractmethod
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Sleep until notified; ``False`` if ``timeout`` seconds passed first."""
+
+    @abc.abstractmethod
+    def notify(self) -> None:
+        """Wake the waiter, or remember the notification if there is none."""
+
+    @property
+    @abc.abstractmethod
+    def waiting(self) -> bool:
+        """True while a task sleeps in :meth:`wait`."""
+
+
+class Event(abc.ABC):
+    """A flag many tasks can wait for, as :class:`threading.Event`."""
+
+    @abc.abstractmethod
+    def set(self) -> None:
+        """Set the flag and wake every waiter."""
+
+    @abc.abstractmethod
+    def clear(self) -> None:
+        """Reset the flag."""
+
+    @abc.abstractmethod
+    def is_set(self) -> bool:
+        """True if the flag is set."""
+
+    @abc.abstractmethod
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the flag is set; return the flag."""
+
+
+class Queue(abc.ABC):
+    """A bounded FIFO queue shaped like :class:`queue.Queue`."""
+
+    @abc.abstractmethod
+    def put(self, item: Any, block: bool = True, timeout: Optional[float] = None) -> None:
+        """Put an item; raise :class:`queue.Full` when full and not blocking."""
+
+    @abc.abstractmethod
+    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
+        """Get an item; raise :class:`queue.Empty` when empty and not blocking."""
+
+    @abc.abstractmethod
+    def qsize(self) -> int:
+        """Number of items waiting."""
+
+
+class Backend(abc.ABC):
+    """A concurrency model: the primitives the connection core runs on."""
+
+    #: Short name, as used in logs and error messages.
+    name: str = ""
+
+    @abc.abstractmethod
+    def watch_readable(self, fd: int, callback: Callable[[], None]) -> Watcher:
+        """A stopped watcher that calls ``callback`` when ``fd`` is readable."""
+
+    @abc.abstractmethod
+    def watch_writable(self, fd: int, callback: Callable[[], None]) -> Watcher:
+        """A stopped watcher that calls ``callback`` when ``fd`` is writable."""
+
+    @abc.abstractmethod
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        """Run ``callback`` in the event loop after ``delay`` seconds."""
+
+    @abc.abstractmethod
+    def wakeup(self) -> Wakeup:
+        """A new :class:`Wakeup`."""
+
+    @abc.abstractmethod
+    def event(self) -> Event:
+        """A new, cleared :class:`Event`."""
+
+    @abc.abstractmethod
+    def queue(self, maxsize: int) -> Queue:
+        """A new queue holding at most ``maxsize`` items."""
+
+    @abc.abstractmethod
+    def lock(self) -> ContextManager[Any]:
+        """A new mutual-exclusion lock, usable as a context manager."""
+
+    @abc.abstractmethod
+    def spawn(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run ``function(*args)`` as a new task; return a handle to it."""
+
+    @abc.abstractmethod
+    def sleep(self, seconds: float) -> None:
+        """Let the current task sleep, letting others run."""
+
+    @abc.abstractmethod
+    def in_event_loop(self) -> bool:
+        """True when called from the event loop, where nothing may block."""

@@ -1,0 +1,184 @@
+"""The gevent backend: libev watchers in gevent's hub, greenlets for tasks.
+
+Under ``uwsgi --gevent N`` each request runs in a greenlet uWSGI spawns; the
+connection core parks that greenlet on a :class:`GeventWakeup` and reads the
+socket from an io watcher callback in the hub, so an idle connection costs
+no greenlet beyond the request's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ContextManager, Optional
+
+import gevent
+import gevent.event
+import gevent.lock
+import gevent.queue
+from gevent.hub import Waiter, get_hub
+from greenlet import getcurrent
+
+from .base import Backend, Event, Queue, Timer, Wakeup, Watcher
+
+__all__ = ["GeventBackend"]
+
+_READ = 1
+_WRITE = 2
+_TIMED_OUT = object()
+
+
+class _IoWatcher(Watcher):
+    __slots__ = ("_callback", "_watcher")
+
+    def __init__(self, fd: int, events: int, callback: Callable[[], None]) -> None:
+        self._watcher = get_hub().loop.io(fd, events)
+        self._callback = callback
+
+    def start(self) -> None:
+        if not self._watcher.active:
+            self._watcher.start(self._callback)
+
+    def stop(self) -> None:
+        self._watcher.stop()
+
+    def close(self) -> None:
+        # An io watcher left active on a closed fd aborts the whole worker
+        # (libev asserts): always stop before the fd goes away.
+        self._watcher.stop()
+        self._watcher.close()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._watcher.active)
+
+
+class _Timer(Timer):
+    __slots__ = ("_watcher",)
+
+    def __init__(self, delay: float, callback: Callable[[], None]) -> None:
+        self._watcher = get_hub().loop.timer(delay)
+        self._watcher.start(callback)
+
+    def cancel(self) -> None:
+        self._watcher.stop()
+        self._watcher.close()
+
+
+class GeventWakeup(Wakeup):
+    """One greenlet sleeps on a hub :class:`~gevent.hub.Waiter` until notified."""
+
+    __slots__ = ("_notified", "_waiter")
+
+    def __init__(self) -> None:
+        self._waiter: Optional[Waiter] = None
+        self._notified = False
+
+    @property
+    def waiting(self) -> bool:
+        return self._waiter is not None
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        if self._notified:
+            self._notified = False
+            return True
+        if self._waiter is not None:
+            raise RuntimeError("another greenlet is already waiting on this connection")
+        hub = get_hub()
+        waiter = Waiter(hub)
+        self._waiter = waiter
+        timer = None
+        if timeout is not None:
+            timer = hub.loop.timer(max(timeout, 0.0))
+            timer.start(waiter.switch, _TIMED_OUT)
+        try:
+            result = waiter.get()
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.stop()
+                timer.close()
+        self._notified = False
+        return result is not _TIMED_OUT
+
+    def notify(self) -> None:
+        waiter = self._waiter
+        if waiter is None:
+            self._notified = True
+            return
+        self._waiter = None
+        hub = waiter.hub
+        if getcurrent() is hub:
+            waiter.switch(True)
+        else:
+            hub.loop.run_callback(waiter.switch, True)
+
+
+class _GeventEvent(Event):
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = gevent.event.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    def is_set(self) -> bool:
+        return bool(self._event.is_set())
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        return bool(self._event.wait(timeout))
+
+
+class _GeventQueue(Queue):
+    __slots__ = ("_queue",)
+
+    def __init__(self, maxsize: int) -> None:
+        self._queue: gevent.queue.Queue[Any] = gevent.queue.Queue(maxsize)
+
+    def put(self, item: Any, block: bool = True, timeout: Optional[float] = None) -> None:
+        self._queue.put(item, block, timeout)
+
+    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
+        return self._queue.get(block, timeout)
+
+    def qsize(self) -> int:
+        return int(self._queue.qsize())
+
+
+class GeventBackend(Backend):
+    """Connections on gevent: what ``uwsgi --gevent N`` runs."""
+
+    name = "gevent"
+
+    def watch_readable(self, fd: int, callback: Callable[[], None]) -> Watcher:
+        return _IoWatcher(fd, _READ, callback)
+
+    def watch_writable(self, fd: int, callback: Callable[[], None]) -> Watcher:
+        return _IoWatcher(fd, _WRITE, callback)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        return _Timer(delay, callback)
+
+    def wakeup(self) -> Wakeup:
+        return GeventWakeup()
+
+    def event(self) -> Event:
+        return _GeventEvent()
+
+    def queue(self, maxsize: int) -> Queue:
+        return _GeventQueue(maxsize)
+
+    def lock(self) -> ContextManager[Any]:
+        lock: ContextManager[Any] = gevent.lock.RLock()
+        return lock
+
+    def spawn(self, function: Callable[..., Any], *args: Any) -> Any:
+        return gevent.spawn(function, *args)
+
+    def sleep(self, seconds: float) -> None:
+        gevent.sleep(seconds)
+
+    def in_event_loop(self) -> bool:
+        return getcurrent() is get_hub()

@@ -1,0 +1,540 @@
+"""One WebSocket connection: what a handler receives and sends through.
+
+The request's task (a greenlet under gevent) runs the handler. The socket is
+read by a watcher callback in the event loop, not by a task of its own: each
+time the socket is readable the callback reads what is there, feeds the
+protocol (which answers pings and close frames at once, even while the
+handler is busy), and appends complete messages to the connection's inbox,
+which :meth:`WebSocketConnection.receive` and
+:meth:`WebSocketConnection.recv_nb` read.
+
+Writes try the socket at once; what the kernel does not take waits in the
+connection's send queue and is flushed by a write watcher. Any task may send.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Deque, Iterator, Optional, Union
+
+from .close_codes import CloseCode
+from .concurrency.base import Backend, Event, Timer, Wakeup, Watcher
+from .exceptions import ConnectionClosedOK
+from .protocol import OP_BINARY, OP_TEXT, Message, ServerProtocol, encode_frame
+
+__all__ = ["ConnectionOptions", "WebSocketConnection"]
+
+logger = logging.getLogger("flask_websocket")
+
+#: Bytes asked of the kernel per read.
+READ_SIZE = 65536
+
+_BlockingErrors = (BlockingIOError, InterruptedError)
+
+
+@dataclass(frozen=True)
+class ConnectionOptions:
+    """Per-connection limits and timings, read from the app's config."""
+
+    #: Largest incoming message in bytes (``None``: no limit); larger closes 1009.
+    max_message_size: Optional[int] = 2**20
+    #: Seconds between server pings (``None``: no keepalive pings).
+    ping_interval: Optional[float] = 25.0
+    #: Seconds to wait for the pong before closing with 1011.
+    ping_timeout: Optional[float] = 20.0
+    #: Seconds to wait for the peer's close frame and EOF when closing.
+    close_timeout: float = 5.0
+    #: Messages held for the handler before reading pauses (TCP backpressure).
+    receive_queue_size: int = 64
+    #: Bytes queued for sending before a sending task waits for the peer.
+    send_queue_size: int = 2**20
+
+
+class WebSocketConnection:
+    """A WebSocket connection, as a handler sees it.
+
+    The handler gets one as its first argument::
+
+        @websocket.route("/echo")
+        def echo(ws):
+            while True:
+                ws.send(ws.receive())
+
+    The HTTP ``101 Switching Protocols`` answer is sent on the first call that
+    touches the connection (or :meth:`accept`), so a handler can still
+    ``abort(403)`` with a normal HTTP error before that.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_backend",
+        "_close_timer",
+        "_closed_event",
+        "_drained",
+        "_inbox",
+        "_inbox_wakeup",
+        "_keepalive",
+        "_opener",
+        "_options",
+        "_ping_payload",
+        "_protocol",
+        "_read_paused",
+        "_reader",
+        "_send_queue",
+        "_send_queue_bytes",
+        "_sock",
+        "_torn_down",
+        "_writer",
+        "subprotocol",
+    )
+
+    def __init__(
+        self,
+        protocol: ServerProtocol,
+        backend: Backend,
+        options: ConnectionOptions,
+        opener: Callable[[], socket.socket],
+    ) -> None:
+        self._protocol = protocol
+        self._backend = backend
+        self._options = options
+        self._opener: Optional[Callable[[], socket.socket]] = opener
+        self._sock: Optional[socket.socket] = None
+        self._reader: Optional[Watcher] = None
+        self._writer: Optional[Watcher] = None
+        self._inbox: Deque[Message] = deque()
+        self._inbox_wakeup: Wakeup = backend.wakeup()
+        self._send_queue: Deque[Union[bytes, memoryview]] = deque()
+        self._send_queue_bytes = 0
+        self._drained: Optional[Event] = None
+        self._closed_event: Optional[Event] = None
+        self._keepalive: Optional[Timer] = None
+        self._ping_payload: Optional[bytes] = None
+        self._close_timer: Optional[Timer] = None
+        self._torn_down = False
+        self._read_paused = False
+        #: The subprotocol agreed in the handshake, or ``None``.
+        self.subprotocol: Optional[str] = protocol.subprotocol
+
+    # ------------------------------------------------------------------
+    # Public API
+
+    @property
+    def accepted(self) -> bool:
+        """True once the ``101`` response was sent."""
+        return self._opener is None
+
+    @property
+    def closed(self) -> bool:
+        """True once a close frame was sent or received, or the connection lost."""
+        return self._torn_down or (self._opener is None and not self._protocol.open)
+
+    @property
+    def close_code(self) -> Optional[int]:
+        """The peer's close code once closed (1006 if lost); ``None`` while open."""
+        if not self.closed:
+            return None
+        return self._protocol.closed_exception().code
+
+    @property
+    def close_reason(self) -> Optional[str]:
+        """The peer's close reason once closed; ``None`` while open."""
+        if not self.closed:
+            return None
+        return self._protocol.closed_exception().reason
+
+    def accept(self) -> None:
+        """Send the ``101`` response now, if it was not sent yet.
+
+        Called for you by the first ``receive``, ``send`` or other I/O; call
+        it yourself to complete the handshake before a long computation.
+        """
+        opener = self._opener
+        if opener is None:
+            return
+        self._opener = None
+        sock = opener()
+        self._sock = sock
+        fd = sock.fileno()
+        backend = self._backend
+        self._reader = backend.watch_readable(fd, self._on_readable)
+        self._writer = backend.watch_writable(fd, self._on_writable)
+        self._reader.start()
+        if self._options.ping_interval:
+            self._keepalive = backend.call_later(self._options.ping_interval, self._on_keepalive)
+
+    def receive(self, timeout: Optional[float] = None) -> Optional[Message]:
+        """Wait for the next message: ``str`` for text, ``bytes`` for binary.
+
+        Returns ``None`` only when ``timeout`` (seconds) passes first.
+
+        Raises:
+            ConnectionClosedOK: the peer closed normally.
+            ConnectionClosedError: the connection closed with an error or was lost.
+        """
+        if self._opener is not None:
+            self.accept()
+        inbox = self._inbox
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if inbox:
+                message = inbox.popleft()
+                if self._read_paused and len(inbox) <= self._options.receive_queue_size // 2:
+                    self._resume_reading()
+                return message
+            if self.closed:
+                raise self._protocol.closed_exception()
+            if deadline is None:
+                self._inbox_wakeup.wait()
+            elif not self._inbox_wakeup.wait(deadline - time.monotonic()) and not (
+                inbox or self.closed
+            ):
+                return None
+
+    #: Alias of :meth:`receive`, as in uWSGI's API.
+    recv = receive
+
+    def recv_nb(self) -> Optional[Message]:
+        """Return the next message if one is waiting, else ``None``, never blocking.
+
+        Reads the socket once, without waiting, if no message is queued.
+
+        Raises:
+            ConnectionClosed: the connection is closed and no message is left.
+        """
+        if self._opener is not None:
+            self.accept()
+        inbox = self._inbox
+        if not inbox and not self._torn_down and not self._read_paused:
+            self._on_readable()
+        if inbox:
+            message = inbox.popleft()
+            if self._read_paused and len(inbox) <= self._options.receive_queue_size // 2:
+                self._resume_reading()
+            return message
+        if self.closed:
+            raise self._protocol.closed_exception()
+        return None
+
+    def send(self, message: Union[str, bytes, bytearray, memoryview]) -> None:
+        """Send a message: ``str`` as a text frame, bytes-like as a binary frame.
+
+        Returns once the frame is written or queued; waits (letting other
+        tasks run) while more than ``WEBSOCKET_SEND_QUEUE_SIZE`` bytes are
+        queued for a slow peer.
+
+        Raises:
+            ConnectionClosed: the connection is closed.
+            TypeError: ``message`` is neither ``str`` nor bytes-like.
+        """
+        if isinstance(message, str):
+            frame = encode_frame(OP_TEXT, message.encode())
+        elif isinstance(message, (bytes, bytearray, memoryview)):
+            frame = encode_frame(OP_BINARY, bytes(message))
+        else:
+            raise TypeError(
+                f"send() takes str (text) or bytes (binary), not {type(message).__name__}"
+            )
+        self.send_frame(frame)
+
+    def send_binary(self, message: Union[bytes, bytearray, memoryview]) -> None:
+        """Send ``message`` as a binary frame."""
+        if not isinstance(message, (bytes, bytearray, memoryview)):
+            raise TypeError(f"send_binary() takes bytes, not {type(message).__name__}")
+        self.send_frame(encode_frame(OP_BINARY, bytes(message)))
+
+    def send_frame(self, frame: bytes) -> None:
+        """Write one already-serialised frame (see :func:`protocol.encode_frame`).
+
+        This is how a broadcast writes the same bytes to many connections.
+        """
+        if self._opener is not None:
+            self.accept()
+        if self.closed:
+            raise self._protocol.closed_exception()
+        self._write(frame)
+        if self._send_queue_bytes > self._options.send_queue_size:
+            self._wait_for_drain()
+
+    def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Close the connection with ``code`` and ``reason``.
+
+        Waits (at most ``WEBSOCKET_CLOSE_TIMEOUT`` seconds) for the peer to
+        answer the close frame, then releases the socket. Does nothing if the
+        connection is already closed.
+        """
+        if self._opener is not None:
+            self.accept()
+        if self._torn_down:
+            return
+        if self._protocol.open:
+            self._protocol.send_close(code, reason)
+            self._flush_protocol()
+        self._wait_closed()
+
+    def __iter__(self) -> Iterator[Message]:
+        """Iterate over incoming messages until the peer closes normally.
+
+        Ends quietly on :class:`ConnectionClosedOK`; a
+        :class:`ConnectionClosedError` propagates.
+        """
+        try:
+            while True:
+                message = self.receive()
+                assert message is not None
+                yield message
+        except ConnectionClosedOK:
+            return
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ("open" if self.accepted else "connecting")
+        return f"<WebSocketConnection {state}>"
+
+    # ------------------------------------------------------------------
+    # Used by the extension once the handler is done
+
+    def finish(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Close (if still open) and release everything; never raises."""
+        try:
+            if self._opener is not None:
+                self.accept()
+            if not self._torn_down:
+                if self._protocol.open:
+                    self._protocol.send_close(code, reason)
+                    self._flush_protocol()
+                self._wait_closed()
+        except Exception:  # pragma: no cover - defensive: the request must end
+            logger.exception("error while closing a WebSocket connection")
+        finally:
+            self._teardown()
+
+    # ------------------------------------------------------------------
+    # Reading (event loop side)
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None or self._torn_down:
+            return
+        try:
+            data = sock.recv(READ_SIZE)
+        except _BlockingErrors:
+            return
+        except OSError:
+            data = b""  # reset by peer: as EOF without a close frame
+        protocol = self._protocol
+        try:
+            if data:
+                messages = protocol.receive_data(data)
+                if messages:
+                    self._inbox.extend(messages)
+                    if len(self._inbox) >= self._options.receive_queue_size and protocol.open:
+                        self._pause_reading()
+                if protocol.last_pong is not None:
+                    self._on_pong(protocol.last_pong)
+                    protocol.last_pong = None
+            else:
+                protocol.receive_eof()
+                self._stop_reading()
+            self._flush_protocol()
+        except Exception:  # never let one connection's error reach the hub
+            logger.exception("unexpected error reading a WebSocket connection; closing it")
+            protocol.fail(CloseCode.INTERNAL_ERROR, "internal error")
+            self._flush_protocol()
+        # Waking the handler comes last: under gevent it runs right away,
+        # and may close the connection before this callback resumes.
+        if self._inbox or not protocol.open or self._torn_down:
+            self._inbox_wakeup.notify()
+
+    def _pause_reading(self) -> None:
+        self._read_paused = True
+        if self._reader is not None:
+            self._reader.stop()
+
+    def _resume_reading(self) -> None:
+        self._read_paused = False
+        if self._reader is not None and not self._torn_down:
+            self._reader.start()
+
+    def _stop_reading(self) -> None:
+        if self._reader is not None:
+            self._reader.stop()
+
+    # ------------------------------------------------------------------
+    # Writing
+
+    def _write(self, data: Union[bytes, memoryview]) -> None:
+        """Write now if nothing is queued, queue what the kernel did not take."""
+        queue = self._send_queue
+        if not queue:
+            sock = self._sock
+            assert sock is not None
+            if not data:  # b"": end of stream
+                self._shutdown_write()
+                return
+            try:
+                sent = sock.send(data)
+            except _BlockingErrors:
+                sent = 0
+            except OSError:
+                self._connection_lost()
+                return
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
+        queue.append(data)
+        self._send_queue_bytes += len(data)
+        if self._writer is not None:
+            self._writer.start()
+
+    def _on_writable(self) -> None:
+        sock = self._sock
+        queue = self._send_queue
+        if sock is None or self._torn_down:
+            return
+        while queue:
+            data = queue[0]
+            if not data:
+                queue.popleft()
+                self._shutdown_write()
+                continue
+            try:
+                sent = sock.send(data)
+            except _BlockingErrors:
+                break
+            except OSError:
+                self._connection_lost()
+                return
+            self._send_queue_bytes -= sent
+            if sent == len(data):
+                queue.popleft()
+            else:
+                queue[0] = memoryview(data)[sent:]
+                break
+        if not queue and self._writer is not None:
+            self._writer.stop()
+        if self._drained is not None and self._send_queue_bytes <= self._options.send_queue_size:
+            self._drained.set()
+
+    def _wait_for_drain(self) -> None:
+        if self._backend.in_event_loop():
+            return  # the event loop never waits; the queue is flushed later
+        if self._drained is None:
+            self._drained = self._backend.event()
+        while self._send_queue_bytes > self._options.send_queue_size and not self._torn_down:
+            self._drained.clear()
+            self._drained.wait()
+        if self._torn_down and self._send_queue_bytes:
+            raise self._protocol.closed_exception()
+
+    def _flush_protocol(self) -> None:
+        """Write the control frames (and EOF) the protocol produced."""
+        protocol = self._protocol
+        for data in protocol.data_to_send():
+            if self._torn_down:
+                return
+            self._write(data)
+        if protocol.closed:
+            self._teardown()
+        elif protocol.close_expected() and self._close_timer is None and not self._torn_down:
+            self._close_timer = self._backend.call_later(
+                self._options.close_timeout, self._on_close_timeout
+            )
+            self._cancel_keepalive()
+
+    def _shutdown_write(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        with contextlib.suppress(OSError):  # the peer may be gone already
+            sock.shutdown(socket.SHUT_WR)
+
+    # ------------------------------------------------------------------
+    # Keepalive and timeouts (event loop side)
+
+    def _on_keepalive(self) -> None:
+        self._keepalive = None
+        if self._torn_down or not self._protocol.open:
+            return
+        if self._ping_payload is not None:
+            self._protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            self._flush_protocol()
+            self._inbox_wakeup.notify()
+            return
+        self._ping_payload = os.urandom(4)
+        self._protocol.send_ping(self._ping_payload)
+        self._flush_protocol()
+        timeout = self._options.ping_timeout or self._options.ping_interval
+        assert timeout is not None
+        self._keepalive = self._backend.call_later(timeout, self._on_keepalive)
+
+    def _on_pong(self, payload: bytes) -> None:
+        if self._ping_payload is None or payload != self._ping_payload:
+            return  # unsolicited pong
+        self._ping_payload = None
+        self._cancel_keepalive()
+        interval = self._options.ping_interval
+        if interval and not self._torn_down:
+            self._keepalive = self._backend.call_later(interval, self._on_keepalive)
+
+    def _cancel_keepalive(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+
+    def _on_close_timeout(self) -> None:
+        self._close_timer = None
+        self._teardown()
+
+    # ------------------------------------------------------------------
+    # Closing
+
+    def _wait_closed(self) -> None:
+        """Wait until the protocol is closed or the close timeout tears it down."""
+        if self._torn_down:
+            return
+        if self._protocol.closed:
+            self._teardown()
+            return
+        if self._backend.in_event_loop():
+            return
+        if self._closed_event is None:
+            self._closed_event = self._backend.event()
+        if self._read_paused:
+            self._resume_reading()  # read (and discard) until the peer's EOF
+        self._closed_event.wait(self._options.close_timeout + 1.0)
+        self._teardown()
+
+    def _connection_lost(self) -> None:
+        self._protocol.fail(CloseCode.ABNORMAL_CLOSURE)
+        self._protocol.data_to_send()  # nothing can be written any more
+        self._teardown()
+
+    def _teardown(self) -> None:
+        """Stop every watcher and timer, then close our socket. Idempotent."""
+        if self._torn_down:
+            return
+        self._torn_down = True
+        self._cancel_keepalive()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        # Watchers must be stopped before their fd is closed (libev aborts).
+        for watcher in (self._reader, self._writer):
+            if watcher is not None:
+                watcher.close()
+        self._reader = self._writer = None
+        self._send_queue.clear()
+        self._send_queue_bytes = 0
+        if self._sock is not None:
+            self._sock.close()
+        if self._drained is not None:
+            self._drained.set()
+        if self._closed_event is not None:
+            self._closed_event.set()
+        self._inbox_wakeup.notify()

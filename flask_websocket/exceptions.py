@@ -1,0 +1,92 @@
+"""Exceptions raised by Flask-WebSocket.
+
+Every exception the library raises derives from :class:`WebSocketError`::
+
+    WebSocketError
+    ├── ConnectionClosed            the connection is closed; .code, .reason
+    │   ├── ConnectionClosedOK      closed normally (1000 or 1001, both ways)
+    │   └── ConnectionClosedError   closed by an error, or lost (1006)
+    ├── ConfigurationError          the server or app is set up so it cannot work
+    └── HandshakeRejected           (testing client) the server refused the upgrade
+
+A handler learns that the peer has gone from :class:`ConnectionClosed`, never
+from ``None`` or an empty string: empty messages are valid messages.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from .close_codes import CloseCode
+
+__all__ = [
+    "ConfigurationError",
+    "ConnectionClosed",
+    "ConnectionClosedError",
+    "ConnectionClosedOK",
+    "HandshakeRejected",
+    "WebSocketError",
+]
+
+
+class WebSocketError(Exception):
+    """Root of every exception raised by Flask-WebSocket."""
+
+
+class ConnectionClosed(WebSocketError):
+    """The WebSocket connection is closed.
+
+    Raised by ``receive``, ``send`` and the other I/O methods once the
+    connection is closed, or closing. Catch it to run code when a client
+    leaves; a handler that lets it propagate ends quietly.
+
+    Attributes:
+        code: the close code the peer sent (or 1005 if its close frame had
+            none, 1006 if the connection was lost without a close frame).
+        reason: the close reason the peer sent, possibly empty.
+        sent_code: the close code this side sent, or ``None``.
+    """
+
+    def __init__(self, code: int, reason: str = "", sent_code: Optional[int] = None) -> None:
+        self.code = code
+        self.reason = reason
+        self.sent_code = sent_code
+        super().__init__(code, reason)
+
+    def __str__(self) -> str:
+        try:
+            name = CloseCode(self.code).name
+        except ValueError:
+            name = "application"
+        text = f"connection closed: code {self.code} ({name})"
+        if self.reason:
+            text += f", reason {self.reason!r}"
+        return text
+
+
+class ConnectionClosedOK(ConnectionClosed):
+    """The connection was closed normally: code 1000 or 1001 (or 1005, no code)."""
+
+
+class ConnectionClosedError(ConnectionClosed):
+    """The connection was closed by an error, or lost without a close frame (1006)."""
+
+
+class ConfigurationError(WebSocketError, RuntimeError):
+    """Flask-WebSocket cannot work the way the server or app is set up.
+
+    The message says which uWSGI flag or which command fixes it.
+    """
+
+
+class HandshakeRejected(WebSocketError):
+    """The server answered the upgrade with an HTTP error instead of 101.
+
+    Raised by :mod:`flask_websocket.testing`. ``status`` is the HTTP status
+    code, ``body`` the response body.
+    """
+
+    def __init__(self, status: int, body: bytes = b"") -> None:
+        self.status = status
+        self.body = body
+        super().__init__(f"WebSocket handshake rejected with HTTP {status}: {body[:200]!r}")

@@ -1,0 +1,314 @@
+"""The Flask extension: WebSocket routes as ordinary rules of the app.
+
+A WebSocket route is a pair of rules in ``app.url_map`` with one endpoint:
+one with ``websocket=True`` (Werkzeug routes upgrade requests only there)
+and a plain twin that answers a normal GET with a 400 explaining that a
+WebSocket was expected. Both call one view, so ``url_for``, converters,
+blueprints, ``before_request``, ``session``, ``g`` and ``flask.request`` work
+as in any view, and the handler runs inside the request context.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Type, TypeVar
+
+from flask import Blueprint, Flask, Response, current_app, request
+from werkzeug.exceptions import BadRequest, HTTPException
+
+from . import transport
+from .close_codes import CloseCode
+from .concurrency import backend_for_server
+from .concurrency.base import Backend
+from .connection import ConnectionOptions, WebSocketConnection
+from .exceptions import ConnectionClosed
+from .protocol import ServerProtocol, request_headers_from_environ
+
+__all__ = ["CONFIG_DEFAULTS", "WebSocket"]
+
+Handler = Callable[..., Any]
+H = TypeVar("H", bound=Handler)
+
+#: Every configuration key, with its default. Documented in docs/configuration.rst.
+CONFIG_DEFAULTS: Dict[str, Any] = {
+    "WEBSOCKET_MAX_MESSAGE_SIZE": 2**20,
+    "WEBSOCKET_PING_INTERVAL": 25.0,
+    "WEBSOCKET_PING_TIMEOUT": 20.0,
+    "WEBSOCKET_CLOSE_TIMEOUT": 5.0,
+    "WEBSOCKET_ALLOWED_ORIGINS": None,
+    "WEBSOCKET_RECEIVE_QUEUE_SIZE": 64,
+    "WEBSOCKET_SEND_QUEUE_SIZE": 2**20,
+}
+
+#: WSGI environ key where the middleware leaves the server's start_response.
+START_RESPONSE_KEY = "flask_websocket.start_response"
+
+EXTENSION_KEY = "websocket"
+
+_NOT_AN_UPGRADE = (
+    "This URL serves a WebSocket: expected a WebSocket upgrade request "
+    "(GET with 'Connection: Upgrade' and 'Upgrade: websocket' headers). "
+    "Connect with a WebSocket client, e.g. new WebSocket(url) in a browser."
+)
+
+
+@dataclass(frozen=True)
+class _Route:
+    rule: str
+    handler: Handler
+    endpoint: str
+    subprotocols: Optional[Sequence[str]]
+    max_message_size: Any  # int, None (no limit) or _DEFAULT
+    blueprint: Optional[Blueprint]
+    options: Dict[str, Any]
+
+
+_DEFAULT: Any = object()
+
+
+class _State:
+    """What the extension keeps per app, in ``app.extensions["websocket"]``."""
+
+    def __init__(self, extension: WebSocket, app: Flask) -> None:
+        self.extension = extension
+        self.upgraded_response_class = _upgraded_response_class(app.response_class)
+        self._backend: Optional[Backend] = None
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = backend_for_server()
+        return self._backend
+
+
+class _CaptureStartResponse:
+    """WSGI middleware that lets the view answer the upgrade itself.
+
+    Flask gives a view no access to ``start_response``; the handshake needs
+    it (a ``101`` response and a zero-length write to flush it).
+    """
+
+    def __init__(self, wsgi_app: Callable[..., Iterable[bytes]]) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(
+        self, environ: Dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        environ[START_RESPONSE_KEY] = start_response
+        return self.wsgi_app(environ, start_response)
+
+
+def _upgraded_response_class(base: Type[Response]) -> Type[Response]:
+    """A response class of the app's own kind that sends nothing.
+
+    Returned by the view once the connection was upgraded: the ``101`` went
+    out already, and calling ``start_response`` again would fail ("headers
+    already sent").
+    """
+
+    def __call__(self: Response, environ: Any, start_response: Any) -> Iterable[bytes]:
+        return []
+
+    return type("WebSocketUpgradedResponse", (base,), {"__call__": __call__})
+
+
+class WebSocket:
+    """Serve WebSocket routes from a Flask app on uWSGI.
+
+    ::
+
+        app = Flask(__name__)
+        websocket = WebSocket(app)
+
+        @websocket.route("/echo")
+        def echo(ws):
+            while True:
+                ws.send(ws.receive())
+
+    Or, with an application factory, ``websocket = WebSocket()`` then
+    ``websocket.init_app(app)``. Routes declared before ``init_app`` are
+    added to every app it initialises.
+
+    With ``app.debug`` set before ``init_app``, the app is wrapped in
+    Werkzeug's interactive debugger (``DebuggedApplication``).
+    """
+
+    def __init__(self, app: Optional[Flask] = None) -> None:
+        self._routes: List[_Route] = []
+        self._apps: List[Flask] = []
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Set up ``app``: config defaults, middleware, routes, CLI commands.
+
+        Raises:
+            RuntimeError: Flask-WebSocket was already initialised on ``app``.
+            ConfigurationError: uWSGI runs with flags that cannot serve WebSockets.
+        """
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(
+                "Flask-WebSocket is already initialised on this app: call "
+                "WebSocket(app) or websocket.init_app(app) once per app."
+            )
+        transport.check_server()
+        for key, value in CONFIG_DEFAULTS.items():
+            app.config.setdefault(key, value)
+        app.extensions[EXTENSION_KEY] = _State(self, app)
+        if app.debug:
+            from werkzeug.debug import DebuggedApplication
+
+            app.wsgi_app = DebuggedApplication(app.wsgi_app, evalex=True)  # type: ignore[method-assign]
+        app.wsgi_app = _CaptureStartResponse(app.wsgi_app)  # type: ignore[method-assign]
+
+        from .cli import websocket_cli
+
+        app.cli.add_command(websocket_cli)
+        self._apps.append(app)
+        for route in self._routes:
+            if route.blueprint is None:
+                self._add_rules(app, route)
+
+    def route(
+        self,
+        rule: str,
+        *,
+        endpoint: Optional[str] = None,
+        subprotocols: Optional[Sequence[str]] = None,
+        max_message_size: Any = _DEFAULT,
+        blueprint: Optional[Blueprint] = None,
+        **options: Any,
+    ) -> Callable[[H], H]:
+        """Register the decorated function as the handler of WebSocket route ``rule``.
+
+        The handler is called as ``handler(ws, **view_args)`` where ``ws`` is
+        a :class:`~flask_websocket.connection.WebSocketConnection`. When it
+        returns, the connection closes with 1000; when it raises, with 1011
+        (and the traceback is logged); when the peer leaves, the
+        :class:`~flask_websocket.ConnectionClosed` it raises ends it quietly.
+
+        Args:
+            rule: URL rule, with converters (``"/chat/<room>"``).
+            endpoint: endpoint name for ``url_for``; the function's name by default.
+            subprotocols: subprotocols this route speaks, in order of
+                preference; the first one the client offers is chosen, and a
+                client offering none of them is refused.
+            max_message_size: override ``WEBSOCKET_MAX_MESSAGE_SIZE`` for this
+                route (``None``: no limit).
+            blueprint: register the route on this blueprint instead of the app.
+            options: passed on to :class:`werkzeug.routing.Rule`.
+        """
+
+        def decorator(handler: H) -> H:
+            route = _Route(
+                rule=rule,
+                handler=handler,
+                endpoint=endpoint or handler.__name__,
+                subprotocols=list(subprotocols) if subprotocols is not None else None,
+                max_message_size=max_message_size,
+                blueprint=blueprint,
+                options=options,
+            )
+            if blueprint is not None:
+                self._add_rules(blueprint, route)
+            else:
+                self._routes.append(route)
+                for app in self._apps:
+                    self._add_rules(app, route)
+            return handler
+
+        return decorator
+
+    def _add_rules(self, target: Any, route: _Route) -> None:
+        view = self._make_view(route)
+        options = dict(route.options)
+        options.pop("methods", None)
+        target.add_url_rule(
+            route.rule, route.endpoint, view, websocket=True, methods=["GET"], **options
+        )
+        target.add_url_rule(route.rule, route.endpoint, view, methods=["GET"], **options)
+
+    def _make_view(self, route: _Route) -> Callable[..., Any]:
+        def view(**view_args: Any) -> Any:
+            return _serve(route, view_args)
+
+        functools.update_wrapper(view, route.handler)
+        return view
+
+
+def _options_for(route: _Route, config: Any) -> ConnectionOptions:
+    max_size = route.max_message_size
+    if max_size is _DEFAULT:
+        max_size = config["WEBSOCKET_MAX_MESSAGE_SIZE"]
+    return ConnectionOptions(
+        max_message_size=max_size,
+        ping_interval=config["WEBSOCKET_PING_INTERVAL"],
+        ping_timeout=config["WEBSOCKET_PING_TIMEOUT"],
+        close_timeout=config["WEBSOCKET_CLOSE_TIMEOUT"],
+        receive_queue_size=config["WEBSOCKET_RECEIVE_QUEUE_SIZE"],
+        send_queue_size=config["WEBSOCKET_SEND_QUEUE_SIZE"],
+    )
+
+
+def _serve(route: _Route, view_args: Dict[str, Any]) -> Any:
+    """The view behind every WebSocket route."""
+    url_rule = request.url_rule
+    if url_rule is None or not url_rule.websocket:
+        raise BadRequest(_NOT_AN_UPGRADE)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    state: _State = app.extensions[EXTENSION_KEY]
+    config = app.config
+    environ = request.environ
+    options = _options_for(route, config)
+
+    origins = config["WEBSOCKET_ALLOWED_ORIGINS"]
+    protocol = ServerProtocol(
+        max_message_size=options.max_message_size,
+        subprotocols=route.subprotocols,
+        origins=list(origins) if origins is not None else None,
+    )
+    handshake = protocol.accept(
+        request.method, environ.get("PATH_INFO", "/"), request_headers_from_environ(environ)
+    )
+    if not handshake.accepted:
+        return Response(handshake.body, handshake.status, handshake.headers)
+
+    start_response = environ.get(START_RESPONSE_KEY)
+    if start_response is None:
+        raise RuntimeError(
+            "Flask-WebSocket's WSGI middleware was bypassed: app.wsgi_app was "
+            "replaced after WebSocket(app) in a way that drops it. Wrap "
+            "app.wsgi_app before calling init_app, or keep the wrapper chain."
+        )
+    backend = state.backend
+
+    def open_socket() -> Any:
+        return transport.open_connection_socket(environ, start_response, handshake.headers)
+
+    ws = WebSocketConnection(protocol, backend, options, open_socket)
+    close_code: int = CloseCode.NORMAL_CLOSURE
+    close_reason = ""
+    try:
+        result = route.handler(ws, **view_args)
+    except ConnectionClosed:
+        pass  # the peer left: the normal end of most handlers
+    except HTTPException as exc:
+        if not ws.accepted:
+            raise  # a normal HTTP error: the upgrade never happened
+        close_code, close_reason = CloseCode.POLICY_VIOLATION, exc.description or exc.name
+    except Exception:
+        if not ws.accepted:
+            raise
+        app.log_exception(sys.exc_info())
+        close_code, close_reason = CloseCode.INTERNAL_ERROR, "internal error"
+    except BaseException:  # GreenletExit, SystemExit: the worker is going away
+        if ws.accepted:
+            ws.finish(CloseCode.GOING_AWAY, "server shutting down")
+        raise
+    else:
+        if not ws.accepted and result is not None:
+            return result  # the handler answered with a plain HTTP response
+    ws.finish(close_code, close_reason)
+    return state.upgraded_response_class()

@@ -1,0 +1,320 @@
+"""The WebSocket protocol after the handshake, with no I/O.
+
+Parsing, validation of incoming frames and the close handshake come from the
+sans-I/O ``Protocol`` of the `websockets`_ library, which is well kept,
+C-accelerated where it matters (unmasking) and scores near-perfectly on the
+Autobahn|Testsuite. This module adds what that layer leaves to its callers:
+
+* reassembling fragmented messages and decoding text with an incremental
+  UTF-8 decoder (invalid UTF-8 closes the connection with 1007);
+* the opening handshake checks, mapped from a WSGI environ;
+* a fast serialiser for the server's own (unmasked) data frames, so that a
+  frame can be built once and written to many sockets.
+
+Nothing here touches a socket: :class:`ServerProtocol` takes bytes in and
+hands bytes out. ``connection.py`` does the I/O.
+
+.. _websockets: https://websockets.readthedocs.io/
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import struct
+from dataclasses import dataclass, field
+from typing import List, Mapping, Optional, Sequence, Tuple, Union, cast
+
+from websockets.datastructures import Headers
+from websockets.frames import Close, Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol as _WebsocketsServerProtocol
+
+from .close_codes import OK_CLOSE_CODES, CloseCode
+from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
+
+__all__ = [
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "HandshakeResponse",
+    "Message",
+    "ServerProtocol",
+    "encode_frame",
+]
+
+#: A WebSocket message as the handler sees it: text is ``str``, binary ``bytes``.
+Message = Union[str, bytes]
+
+OP_CONTINUATION = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
+_pack_short = struct.Struct("!BBH").pack
+_pack_long = struct.Struct("!BBQ").pack
+
+# websockets logs every opened and closed connection at INFO; that is our
+# job (or uWSGI's), so give it a logger of its own that users can tune.
+_protocol_logger = logging.getLogger("flask_websocket.protocol")
+
+
+def encode_frame(opcode: int, payload: bytes) -> bytes:
+    """Serialise one unmasked, final frame, as a server sends it.
+
+    Server frames carry no mask, so the same bytes can be written to every
+    connection of a broadcast. ``payload`` must already be encoded (UTF-8 for
+    text).
+    """
+    length = len(payload)
+    first = 0x80 | opcode
+    if length < 126:
+        return bytes((first, length)) + payload
+    if length < 65536:
+        return _pack_short(first, 126, length) + payload
+    return _pack_long(first, 127, length) + payload
+
+
+@dataclass(frozen=True)
+class HandshakeResponse:
+    """The answer to an opening handshake: 101, or an HTTP error to send instead."""
+
+    status: int
+    reason: str
+    headers: List[Tuple[str, str]]
+    body: bytes = b""
+
+    @property
+    def accepted(self) -> bool:
+        """True when the handshake succeeded (status 101)."""
+        return self.status == 101
+
+
+def request_headers_from_environ(environ: Mapping[str, object]) -> Headers:
+    """Rebuild the HTTP request headers of a WSGI environ."""
+    headers = Headers()
+    for key, value in environ.items():
+        if key.startswith("HTTP_") and isinstance(value, str):
+            headers[key[5:].replace("_", "-").title()] = value
+    for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        value = environ.get(key)
+        if isinstance(value, str) and value:
+            headers[key.replace("_", "-").title()] = value
+    return headers
+
+
+@dataclass
+class _Reassembly:
+    """A fragmented message being put back together."""
+
+    is_text: bool
+    chunks: List[bytes] = field(default_factory=list)
+    decoder: Optional[codecs.IncrementalDecoder] = None
+    text: List[str] = field(default_factory=list)
+
+
+class ServerProtocol:
+    """Server side of one WebSocket connection, as a sans-I/O state machine.
+
+    Feed it bytes with :meth:`receive_data` and :meth:`receive_eof`; it
+    returns complete messages (``str`` or ``bytes``). Take what must be
+    written with :meth:`data_to_send`: a list of byte strings, where an empty
+    one means "half-close the connection (shut down the write side)".
+
+    Pings are answered, close frames echoed and protocol violations turned
+    into close frames with the right code, all inside :meth:`receive_data`.
+    """
+
+    __slots__ = ("_partial", "_ws", "last_pong")
+
+    def __init__(
+        self,
+        *,
+        max_message_size: Optional[int] = 2**20,
+        subprotocols: Optional[Sequence[str]] = None,
+        origins: Optional[Sequence[Optional[str]]] = None,
+        logger: Optional[logging.Logger] = None,
+    ) -> None:
+        self._ws = _WebsocketsServerProtocol(
+            origins=origins,  # type: ignore[arg-type]
+            subprotocols=subprotocols,  # type: ignore[arg-type]
+            max_size=max_message_size,
+            logger=logger or _protocol_logger,
+        )
+        self._partial: Optional[_Reassembly] = None
+        #: Payload of the last pong received, or ``None``.
+        self.last_pong: Optional[bytes] = None
+
+    # -- opening handshake -------------------------------------------------
+
+    def accept(self, method: str, path: str, headers: Headers) -> HandshakeResponse:
+        """Check an opening handshake request and build the answer.
+
+        On success the state becomes OPEN and the response is a 101 with the
+        ``Sec-WebSocket-Accept`` and the chosen ``Sec-WebSocket-Protocol``.
+        Otherwise it is a 400, 403, 405 or 426 with a body saying what is
+        wrong.
+        """
+        request = Request(path, headers, method=method)
+        response = self._ws.accept(request)
+        self._ws.send_response(response)
+        self._ws.data_to_send()  # the HTTP response is written by uWSGI, not us
+        if response.status_code == 101:
+            # The parser was started in CONNECTING state, waiting for an HTTP
+            # request that the server already parsed: restart it for frames.
+            self._ws.parser = self._ws.parse()
+            next(self._ws.parser)
+        return HandshakeResponse(
+            status=response.status_code,
+            reason=response.reason_phrase,
+            headers=[
+                (k, v)
+                for k, v in response.headers.raw_items()
+                if k.lower() not in ("date", "connection") or response.status_code == 101
+            ],
+            body=bytes(response.body or b""),
+        )
+
+    @property
+    def subprotocol(self) -> Optional[str]:
+        """The subprotocol chosen in the handshake, or ``None``."""
+        return self._ws.subprotocol
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def open(self) -> bool:
+        """True while messages can be sent: no close frame sent or received."""
+        return self._ws.state is State.OPEN
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is fully closed (EOF received)."""
+        return self._ws.state is State.CLOSED
+
+    @property
+    def close_rcvd(self) -> Optional[Close]:
+        """The close frame received from the peer, if any."""
+        return self._ws.close_rcvd
+
+    @property
+    def close_sent(self) -> Optional[Close]:
+        """The close frame sent to the peer, if any."""
+        return self._ws.close_sent
+
+    def close_expected(self) -> bool:
+        """True when the peer is expected to close the TCP connection soon."""
+        return self._ws.close_expected()
+
+    def closed_exception(self) -> ConnectionClosed:
+        """The exception that tells the handler how the connection ended."""
+        rcvd, sent = self._ws.close_rcvd, self._ws.close_sent
+        sent_code = sent.code if sent is not None else None
+        if rcvd is None:
+            return ConnectionClosedError(CloseCode.ABNORMAL_CLOSURE, "", sent_code)
+        if rcvd.code in OK_CLOSE_CODES and (sent_code is None or sent_code in OK_CLOSE_CODES):
+            return ConnectionClosedOK(rcvd.code, rcvd.reason, sent_code)
+        return ConnectionClosedError(rcvd.code, rcvd.reason, sent_code)
+
+    # -- incoming ------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> List[Message]:
+        """Feed bytes read from the socket; return the messages they complete."""
+        ws = self._ws
+        ws.receive_data(data)
+        events = ws.events_received()
+        if not events:
+            return []
+        messages: List[Message] = []
+        for frame in cast(List[Frame], events):  # only frames once OPEN
+            opcode = frame.opcode
+            data = cast(bytes, frame.data)  # bytes, as the parser builds it
+            if opcode is Opcode.TEXT:
+                if frame.fin:
+                    try:
+                        messages.append(data.decode())
+                    except UnicodeDecodeError as exc:
+                        self._fail_utf8(exc)
+                        break
+                else:
+                    self._partial = _Reassembly(True, decoder=_utf8_decoder())
+                    if not self._add_fragment(data, False):
+                        break
+            elif opcode is Opcode.BINARY:
+                if frame.fin:
+                    messages.append(data)
+                else:
+                    self._partial = _Reassembly(False, chunks=[data])
+            elif opcode is Opcode.CONT:
+                if not self._add_fragment(data, frame.fin):
+                    break
+                if frame.fin:
+                    messages.append(self._finish_fragments())
+            elif opcode is Opcode.PONG:
+                self.last_pong = data
+            # PING is answered and CLOSE echoed by the websockets layer.
+        return messages
+
+    def receive_eof(self) -> None:
+        """Tell the protocol that the peer closed its side of the connection."""
+        if not self._ws.reader.eof:
+            self._ws.receive_eof()
+
+    def _add_fragment(self, data: bytes, fin: bool) -> bool:
+        partial = self._partial
+        assert partial is not None  # websockets rejects stray continuations
+        if partial.decoder is not None:
+            try:
+                partial.text.append(partial.decoder.decode(data, fin))
+            except UnicodeDecodeError as exc:
+                self._fail_utf8(exc)
+                return False
+        else:
+            partial.chunks.append(data)
+        return True
+
+    def _finish_fragments(self) -> Message:
+        partial = self._partial
+        assert partial is not None
+        self._partial = None
+        if partial.is_text:
+            return "".join(partial.text)
+        return b"".join(partial.chunks)
+
+    def _fail_utf8(self, exc: UnicodeDecodeError) -> None:
+        self._partial = None
+        self.fail(CloseCode.INVALID_DATA, f"invalid UTF-8 in text message: {exc.reason}")
+
+    # -- outgoing ------------------------------------------------------------
+
+    def send_close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Start the closing handshake (no-op if a close frame was already sent)."""
+        if self._ws.state is State.OPEN:
+            self._ws.send_close(code, _truncate_reason(reason))
+
+    def send_ping(self, payload: bytes) -> None:
+        """Queue a ping frame."""
+        if self._ws.state is State.OPEN:
+            self._ws.send_ping(payload)
+
+    def fail(self, code: int, reason: str = "") -> None:
+        """Fail the connection: send a close frame (unless 1006), then EOF."""
+        self._ws.fail(code, _truncate_reason(reason))
+
+    def data_to_send(self) -> List[bytes]:
+        """Bytes to write, in order; ``b""`` means half-close the connection."""
+        return self._ws.data_to_send()
+
+
+def _truncate_reason(reason: str) -> str:
+    """A close reason must fit in 123 bytes of UTF-8."""
+    encoded = reason.encode()
+    if len(encoded) <= 123:
+        return reason
+    return encoded[:123].decode(errors="ignore")
