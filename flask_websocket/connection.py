@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Deque, Iterator, Optional, Union
 
+from . import transport
 from .close_codes import CloseCode
 from .concurrency.base import Backend, Event, Timer, Wakeup, Watcher
 from .exceptions import ConnectionClosedOK
@@ -248,6 +249,27 @@ class WebSocketConnection:
         if not isinstance(message, (bytes, bytearray, memoryview)):
             raise TypeError(f"send_binary() takes bytes, not {type(message).__name__}")
         self.send_frame(encode_frame(OP_BINARY, bytes(message)))
+
+    def send_from_sharedarea(self, area: int, position: int, length: Optional[int] = None) -> None:
+        """Send bytes of uWSGI's sharedarea ``area`` as a text message.
+
+        Reads ``length`` bytes from ``position`` (to the end of the area if
+        ``None``); they must be UTF-8. Needs uWSGI started with ``--sharedarea``.
+
+        Raises:
+            UnicodeDecodeError: the bytes are not UTF-8 (use
+                :meth:`send_binary_from_sharedarea`).
+            ConfigurationError: not running under uWSGI.
+        """
+        data = transport.sharedarea_read(area, position, length)
+        data.decode()  # text frames must carry valid UTF-8: check before sending
+        self.send_frame(encode_frame(OP_TEXT, data))
+
+    def send_binary_from_sharedarea(
+        self, area: int, position: int, length: Optional[int] = None
+    ) -> None:
+        """Send bytes of uWSGI's sharedarea ``area`` as a binary message."""
+        self.send_frame(encode_frame(OP_BINARY, transport.sharedarea_read(area, position, length)))
 
     def send_frame(self, frame: bytes) -> None:
         """Write one already-serialised frame (see :func:`protocol.encode_frame`).

@@ -28,7 +28,8 @@ from typing import List, Mapping, Optional, Sequence, Tuple, Union, cast
 from websockets.datastructures import Headers
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Request
-from websockets.protocol import State
+from websockets.protocol import Protocol as _WebsocketsProtocol
+from websockets.protocol import Side, State
 from websockets.server import ServerProtocol as _WebsocketsServerProtocol
 
 from .close_codes import OK_CLOSE_CODES, CloseCode
@@ -119,8 +120,8 @@ class _Reassembly:
     text: List[str] = field(default_factory=list)
 
 
-class ServerProtocol:
-    """Server side of one WebSocket connection, as a sans-I/O state machine.
+class MessageProtocol:
+    """One side of a WebSocket connection after the handshake, without I/O.
 
     Feed it bytes with :meth:`receive_data` and :meth:`receive_eof`; it
     returns complete messages (``str`` or ``bytes``). Take what must be
@@ -133,58 +134,11 @@ class ServerProtocol:
 
     __slots__ = ("_partial", "_ws", "last_pong")
 
-    def __init__(
-        self,
-        *,
-        max_message_size: Optional[int] = 2**20,
-        subprotocols: Optional[Sequence[str]] = None,
-        origins: Optional[Sequence[Optional[str]]] = None,
-        logger: Optional[logging.Logger] = None,
-    ) -> None:
-        self._ws = _WebsocketsServerProtocol(
-            origins=origins,  # type: ignore[arg-type]
-            subprotocols=subprotocols,  # type: ignore[arg-type]
-            max_size=max_message_size,
-            logger=logger or _protocol_logger,
-        )
+    def __init__(self, ws: _WebsocketsProtocol) -> None:
+        self._ws = ws
         self._partial: Optional[_Reassembly] = None
         #: Payload of the last pong received, or ``None``.
         self.last_pong: Optional[bytes] = None
-
-    # -- opening handshake -------------------------------------------------
-
-    def accept(self, method: str, path: str, headers: Headers) -> HandshakeResponse:
-        """Check an opening handshake request and build the answer.
-
-        On success the state becomes OPEN and the response is a 101 with the
-        ``Sec-WebSocket-Accept`` and the chosen ``Sec-WebSocket-Protocol``.
-        Otherwise it is a 400, 403, 405 or 426 with a body saying what is
-        wrong.
-        """
-        request = Request(path, headers, method=method)
-        response = self._ws.accept(request)
-        self._ws.send_response(response)
-        self._ws.data_to_send()  # the HTTP response is written by uWSGI, not us
-        if response.status_code == 101:
-            # The parser was started in CONNECTING state, waiting for an HTTP
-            # request that the server already parsed: restart it for frames.
-            self._ws.parser = self._ws.parse()
-            next(self._ws.parser)
-        return HandshakeResponse(
-            status=response.status_code,
-            reason=response.reason_phrase,
-            headers=[
-                (k, v)
-                for k, v in response.headers.raw_items()
-                if k.lower() not in ("date", "connection") or response.status_code == 101
-            ],
-            body=bytes(response.body or b""),
-        )
-
-    @property
-    def subprotocol(self) -> Optional[str]:
-        """The subprotocol chosen in the handshake, or ``None``."""
-        return self._ws.subprotocol
 
     # -- state ---------------------------------------------------------------
 
@@ -234,7 +188,8 @@ class ServerProtocol:
         messages: List[Message] = []
         for frame in cast(List[Frame], events):  # only frames once OPEN
             opcode = frame.opcode
-            data = cast(bytes, frame.data)  # bytes, as the parser builds it
+            # Masked (client) frames come as bytes, unmasked ones as bytearray.
+            data = frame.data if type(frame.data) is bytes else bytes(frame.data)
             if opcode is Opcode.TEXT:
                 if frame.fin:
                     try:
@@ -318,3 +273,91 @@ def _truncate_reason(reason: str) -> str:
     if len(encoded) <= 123:
         return reason
     return encoded[:123].decode(errors="ignore")
+
+
+class ServerProtocol(MessageProtocol):
+    """The server side: checks the opening handshake, then frames messages."""
+
+    __slots__ = ("_server",)
+
+    def __init__(
+        self,
+        *,
+        max_message_size: Optional[int] = 2**20,
+        subprotocols: Optional[Sequence[str]] = None,
+        origins: Optional[Sequence[Optional[str]]] = None,
+        logger: Optional[logging.Logger] = None,
+    ) -> None:
+        self._server = _WebsocketsServerProtocol(
+            origins=origins,  # type: ignore[arg-type]
+            subprotocols=subprotocols,  # type: ignore[arg-type]
+            max_size=max_message_size,
+            logger=logger or _protocol_logger,
+        )
+        super().__init__(self._server)
+
+    # -- opening handshake -------------------------------------------------
+
+    def accept(self, method: str, path: str, headers: Headers) -> HandshakeResponse:
+        """Check an opening handshake request and build the answer.
+
+        On success the state becomes OPEN and the response is a 101 with the
+        ``Sec-WebSocket-Accept`` and the chosen ``Sec-WebSocket-Protocol``.
+        Otherwise it is a 400, 403, 405 or 426 with a body saying what is
+        wrong.
+        """
+        versions = headers.get_all("Sec-WebSocket-Version")
+        version = versions[0] if len(versions) == 1 else "13"  # several: websockets says 400
+        if version != "13":
+            # RFC 6455, 4.4: name the versions we speak, with 426.
+            return HandshakeResponse(
+                426,
+                "Upgrade Required",
+                [("Sec-WebSocket-Version", "13"), ("Content-Type", "text/plain; charset=utf-8")],
+                f"Failed to open a WebSocket connection: unsupported WebSocket version "
+                f"{version!r}; this server speaks version 13.\n".encode(),
+            )
+        request = Request(path, headers, method=method)
+        response = self._server.accept(request)
+        self._server.send_response(response)
+        self._server.data_to_send()  # the HTTP response is written by uWSGI, not us
+        if response.status_code == 101:
+            # The parser was started in CONNECTING state, waiting for an HTTP
+            # request that the server already parsed: restart it for frames.
+            self._server.parser = self._server.parse()
+            next(self._server.parser)
+        return HandshakeResponse(
+            status=response.status_code,
+            reason=response.reason_phrase,
+            headers=[
+                (k, v)
+                for k, v in response.headers.raw_items()
+                if k.lower() not in ("date", "connection") or response.status_code == 101
+            ],
+            body=bytes(response.body or b""),
+        )
+
+    @property
+    def subprotocol(self) -> Optional[str]:
+        """The subprotocol chosen in the handshake, or ``None``."""
+        return self._server.subprotocol
+
+
+class ClientProtocol(MessageProtocol):
+    """The client side, already OPEN: masks what it sends (for tests and tools)."""
+
+    __slots__ = ()
+
+    def __init__(self, *, max_message_size: Optional[int] = None) -> None:
+        super().__init__(
+            _WebsocketsProtocol(
+                Side.CLIENT, state=State.OPEN, max_size=max_message_size, logger=_protocol_logger
+            )
+        )
+
+    def send_message(self, message: Message) -> None:
+        """Queue a text (``str``) or binary (bytes) message, masked."""
+        if isinstance(message, str):
+            self._ws.send_text(message.encode())
+        else:
+            self._ws.send_binary(message)

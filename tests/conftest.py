@@ -1,0 +1,45 @@
+"""Shared fixtures: real uWSGI servers started by the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator, List
+
+import pytest
+
+from tests.uwsgi_server import UwsgiServer
+
+StartServer = Callable[..., UwsgiServer]
+
+
+@pytest.fixture
+def start_uwsgi(tmp_path: Path) -> Iterator[StartServer]:
+    """Start uWSGI servers for one test; stop them (and check for crashes) after."""
+    servers: List[UwsgiServer] = []
+
+    def start(module: str, **kwargs: object) -> UwsgiServer:
+        expect_ready = bool(kwargs.pop("expect_ready", True))
+        server = UwsgiServer(module, log_dir=tmp_path, **kwargs)  # type: ignore[arg-type]
+        servers.append(server)
+        return server.start(expect_ready=expect_ready)
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module", params=["http-socket", "http"])
+def echo_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[UwsgiServer]:
+    """The echo example on uWSGI, once with --http-socket and once behind --http."""
+    server = UwsgiServer(
+        "examples.echo:app",
+        mode=request.param,
+        gevent=1100,
+        log_dir=tmp_path_factory.mktemp("uwsgi"),
+    )
+    server.start()
+    yield server
+    server.stop()
+    assert server.crash_lines() == [], server.log()
