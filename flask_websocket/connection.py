@@ -150,6 +150,11 @@ class WebSocketConnection:
             return None
         return self._protocol.closed_exception().reason
 
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes sent but not yet taken by the kernel (as the browser's ``bufferedAmount``)."""
+        return self._send_queue_bytes
+
     def accept(self) -> None:
         """Send the ``101`` response now, if it was not sent yet.
 
@@ -159,8 +164,8 @@ class WebSocketConnection:
         opener = self._opener
         if opener is None:
             return
+        sock = opener()  # may raise (not under uWSGI): then nothing was sent
         self._opener = None
-        sock = opener()
         self._sock = sock
         fd = sock.fileno()
         backend = self._backend

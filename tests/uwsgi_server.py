@@ -87,7 +87,7 @@ class UwsgiServer:
         """``http://`` URL of ``path`` on this server."""
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def start(self, timeout: float = 30.0, expect_ready: bool = True) -> "UwsgiServer":
+    def start(self, timeout: float = 30.0, expect_ready: bool = True) -> UwsgiServer:
         """Start uWSGI and wait until it accepts connections (or exits)."""
         log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
@@ -162,7 +162,7 @@ class UwsgiServer:
             self.process.kill()
             self.process.wait(5)
 
-    def __enter__(self) -> "UwsgiServer":
+    def __enter__(self) -> UwsgiServer:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

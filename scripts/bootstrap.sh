@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set up a fresh machine for Flask-WebSocket: system packages, a venv in
+# .venv with the package (editable) and its test tools. Safe to re-run.
+#
+#   scripts/bootstrap.sh            # library + test tools
+#
+# System packages: a C compiler and libssl-dev (pip builds uWSGI from source;
+# without OpenSSL headers uWSGI's WebSocket handshake support is missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_packages=()
+need_apt() { dpkg -s "$1" >/dev/null 2>&1 || apt_packages+=("$1"); }
+need_apt gcc
+need_apt libssl-dev
+need_apt python3-dev
+if [ "${#apt_packages[@]}" -gt 0 ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+        sudo_cmd=""
+        [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+        $sudo_cmd apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${apt_packages[@]}" >/dev/null
+    else
+        echo "bootstrap: please install ${apt_packages[*]} (no apt-get here)" >&2
+        exit 1
+    fi
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+# Re-install only when the declared dependencies changed.
+stamp=.venv/.flask-websocket-installed
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ benchmarks/requirements.txt -nt "$stamp" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e ".[test,redis]"
+    touch "$stamp"
+fi

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Run every test (installs what it needs first): lint, types, unit tests,
+# real-uWSGI tests and the Autobahn|Testsuite conformance run.
+#   scripts/test.sh [pytest options]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh
+scripts/install-autobahn.sh
+
+echo "== ruff"
+.venv/bin/ruff check flask_websocket tests examples benchmarks
+echo "== mypy --strict"
+.venv/bin/mypy
+echo "== pytest"
+set +e
+.venv/bin/python -m pytest -p no:cacheprovider -rfEs "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+    echo "pytest collected no tests: failing" >&2
+    exit 1
+fi
+exit "$status"

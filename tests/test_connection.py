@@ -1,0 +1,144 @@
+"""Connection core behaviour, in-process over a socket pair (no uWSGI)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List
+
+import gevent
+import pytest
+from flask import Flask
+
+from flask_websocket import ConnectionClosed, WebSocket, WebSocketConnection
+from flask_websocket.testing import WebSocketTestClient
+
+
+def make_app(**config: Any) -> tuple[Flask, WebSocket]:
+    app = Flask(__name__)
+    app.config.update(config)
+    return app, WebSocket(app)
+
+
+def test_send_waits_when_the_send_queue_is_full_and_loses_nothing() -> None:
+    limit = 256 * 1024
+    app, websocket = make_app(WEBSOCKET_SEND_QUEUE_SIZE=limit)
+    message = b"x" * 65536
+    count = 128  # 8 MiB: far more than the socket buffers hold
+    report: Dict[str, int] = {}
+
+    @websocket.route("/flood")
+    def flood(ws: WebSocketConnection) -> None:
+        peak = 0
+        for i in range(count):
+            ws.send(i.to_bytes(4, "big") + message)
+            peak = max(peak, ws.buffered_amount)
+        report["peak"] = peak
+        ws.receive()
+
+    with WebSocketTestClient(app, timeout=10).connect("/flood") as ws:
+        time.sleep(0.2)  # let the sender run into the bound while nobody reads
+        received = [ws.receive() for _ in range(count)]
+        ws.send("done")
+    assert [int.from_bytes(m[:4], "big") for m in received] == list(range(count))  # type: ignore[index]
+    assert all(m[4:] == message for m in received)  # type: ignore[index]
+    assert 0 < report["peak"] <= limit + len(message) + 4 + 10
+
+
+def test_reading_pauses_when_the_inbox_is_full() -> None:
+    app, websocket = make_app(WEBSOCKET_RECEIVE_QUEUE_SIZE=4)
+    sizes: List[int] = []
+
+    @websocket.route("/slow")
+    def slow(ws: WebSocketConnection) -> None:
+        ws.send("go")
+        for _ in range(40):
+            gevent.sleep(0.01)
+            sizes.append(len(ws._inbox))  # the bound is internal: look inside
+        received = 0
+        while received < 50:
+            ws.receive()
+            received += 1
+        ws.send(f"received {received}")
+
+    with WebSocketTestClient(app, timeout=10).connect("/slow") as ws:
+        assert ws.receive() == "go"
+        for _ in range(50):
+            ws.send(b"y" * 65536)
+        assert ws.receive() == "received 50"
+    assert max(sizes) <= 4 + 2  # one read may complete a couple of messages
+
+
+def test_close_gives_up_after_the_close_timeout_when_the_peer_is_silent() -> None:
+    app, websocket = make_app(WEBSOCKET_CLOSE_TIMEOUT=0.2)
+    timing: Dict[str, float] = {}
+
+    @websocket.route("/close")
+    def close(ws: WebSocketConnection) -> None:
+        ws.accept()
+        start = time.monotonic()
+        ws.close(4000, "server says bye")
+        timing["close"] = time.monotonic() - start
+        timing["closed"] = float(ws.closed)
+
+    ws = WebSocketTestClient(app, timeout=10).connect("/close")
+    ws._run.thread.join(10)  # the client never reads: no close frame comes back
+    assert 0.15 <= timing["close"] < 3
+    assert timing["closed"] == 1.0
+    with pytest.raises(ConnectionClosed) as info:
+        ws.receive()
+    assert (info.value.code, info.value.reason) == (4000, "server says bye")
+    ws.close()
+
+
+def test_keepalive_drops_a_peer_that_does_not_answer_pings() -> None:
+    app, websocket = make_app(WEBSOCKET_PING_INTERVAL=0.1, WEBSOCKET_PING_TIMEOUT=0.1)
+    seen: List[Any] = []
+
+    @websocket.route("/idle")
+    def idle(ws: WebSocketConnection) -> None:
+        ws.accept()
+        try:
+            ws.receive(timeout=10)
+        except ConnectionClosed as exc:
+            seen.append((exc.code, exc.sent_code))
+
+    ws = WebSocketTestClient(app, timeout=10).connect("/idle")
+    ws._run.thread.join(10)  # the client does not read, so it never pongs
+    assert seen == [(1006, 1011)]
+    with pytest.raises(ConnectionClosed) as info:
+        while True:
+            ws.receive()
+    assert info.value.code == 1011
+    ws.close()
+
+
+def test_keepalive_keeps_a_responsive_peer() -> None:
+    app, websocket = make_app(WEBSOCKET_PING_INTERVAL=0.05, WEBSOCKET_PING_TIMEOUT=0.5)
+
+    @websocket.route("/echo")
+    def echo(ws: WebSocketConnection) -> None:
+        for message in ws:
+            ws.send(message)
+
+    with WebSocketTestClient(app, timeout=10).connect("/echo") as ws:
+        for i in range(10):  # the client answers pings while it reads
+            ws.send(str(i))
+            assert ws.receive() == str(i)
+            time.sleep(0.03)
+
+
+def test_send_from_sharedarea_outside_uwsgi_says_what_to_do() -> None:
+    app, websocket = make_app()
+    errors: List[str] = []
+
+    @websocket.route("/sa")
+    def sa(ws: WebSocketConnection) -> None:
+        try:
+            ws.send_from_sharedarea(0, 0)
+        except Exception as exc:
+            errors.append(str(exc))
+        ws.send("done")
+
+    with WebSocketTestClient(app).connect("/sa") as ws:
+        assert ws.receive() == "done"
+    assert errors and "--sharedarea" in errors[0]

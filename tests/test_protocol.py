@@ -1,0 +1,324 @@
+"""Unit tests of the sans-I/O protocol adapter: no sockets, no uWSGI."""
+
+from __future__ import annotations
+
+import base64
+import os
+import struct
+from typing import List, Optional
+
+import pytest
+from websockets.datastructures import Headers
+from websockets.frames import Close, Frame, Opcode
+from websockets.streams import StreamReader
+
+from flask_websocket.close_codes import CloseCode
+from flask_websocket.exceptions import ConnectionClosedError, ConnectionClosedOK
+from flask_websocket.protocol import (
+    OP_BINARY,
+    OP_TEXT,
+    ClientProtocol,
+    ServerProtocol,
+    encode_frame,
+    request_headers_from_environ,
+)
+
+
+def handshake_headers(**extra: str) -> Headers:
+    headers = Headers()
+    headers["Upgrade"] = "websocket"
+    headers["Connection"] = "Upgrade"
+    headers["Sec-WebSocket-Key"] = base64.b64encode(os.urandom(16)).decode()
+    headers["Sec-WebSocket-Version"] = "13"
+    for key, value in extra.items():
+        headers[key.replace("_", "-")] = value
+    return headers
+
+
+def open_server(**kwargs: object) -> ServerProtocol:
+    server = ServerProtocol(**kwargs)  # type: ignore[arg-type]
+    assert server.accept("GET", "/", handshake_headers()).accepted
+    return server
+
+
+def client_frame(opcode: int, payload: bytes, fin: bool = True, rsv1: bool = False) -> bytes:
+    """A masked client frame, built by hand so that it can break the rules."""
+    first = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", first, 0x80 | length)
+    elif length < 65536:
+        header = struct.pack("!BBH", first, 0x80 | 126, length)
+    else:
+        header = struct.pack("!BBQ", first, 0x80 | 127, length)
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return header + mask + masked
+
+
+def parse_server_frames(data: List[bytes]) -> List[Frame]:
+    """Parse what a server wrote, with websockets' own (client-side) parser."""
+    reader = StreamReader()
+    for chunk in data:
+        if chunk:
+            reader.feed_data(chunk)
+    frames = []
+    while reader.buffer:
+        parser = Frame.parse(reader.read_exact, mask=False)
+        try:
+            next(parser)
+        except StopIteration as done:
+            frames.append(done.value)
+        else:  # pragma: no cover - incomplete frame
+            raise AssertionError("incomplete frame")
+    return frames
+
+
+def close_code_sent(server: ServerProtocol) -> Optional[int]:
+    frames = parse_server_frames(server.data_to_send())
+    closes = [Close.parse(f.data) for f in frames if f.opcode is Opcode.CLOSE]
+    return closes[0].code if closes else None
+
+
+# -- encode_frame -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+@pytest.mark.parametrize("opcode", [OP_TEXT, OP_BINARY])
+def test_encode_frame_matches_websockets(size: int, opcode: int) -> None:
+    payload = (b"a" * size) if opcode == OP_TEXT else os.urandom(size)
+    ours = encode_frame(opcode, payload)
+    theirs = Frame(Opcode(opcode), payload).serialize(mask=False)
+    assert ours == theirs
+    (frame,) = parse_server_frames([ours])
+    assert frame.fin and frame.opcode == Opcode(opcode) and frame.data == payload
+
+
+# -- handshake ------------------------------------------------------------------
+
+
+def test_accept_returns_101_with_accept_key() -> None:
+    headers = handshake_headers()
+    server = ServerProtocol()
+    key_headers = Headers()
+    for name, value in headers.raw_items():
+        if name != "Sec-WebSocket-Key":
+            key_headers[name] = value
+    key_headers["Sec-WebSocket-Key"] = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's example
+    response = server.accept("GET", "/", key_headers)
+    assert response.status == 101
+    assert ("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=") in response.headers
+    assert server.open
+
+
+@pytest.mark.parametrize(
+    "change, status, text",
+    [
+        ({"Sec-WebSocket-Key": None}, 400, b"Sec-WebSocket-Key"),
+        ({"Sec-WebSocket-Key": "short"}, 400, b"Sec-WebSocket-Key"),
+        ({"Upgrade": None}, 426, b"Upgrade"),
+        ({"Sec-WebSocket-Version": "8"}, 426, b"version 13"),
+    ],
+)
+def test_bad_handshakes_get_http_errors(change: dict, status: int, text: bytes) -> None:
+    headers = Headers()
+    for name, value in handshake_headers().raw_items():
+        if name in change:
+            if change[name] is not None:
+                headers[name] = change[name]
+        else:
+            headers[name] = value
+    response = ServerProtocol().accept("GET", "/", headers)
+    assert response.status == status
+    assert text in response.body
+    if status == 426 and "Sec-WebSocket-Version" in change:
+        assert ("Sec-WebSocket-Version", "13") in response.headers
+
+
+def test_origin_check() -> None:
+    origins = ["http://good.example"]
+    bad = ServerProtocol(origins=origins).accept(
+        "GET", "/", handshake_headers(Origin="http://evil.example")
+    )
+    assert bad.status == 403
+    good = ServerProtocol(origins=origins).accept(
+        "GET", "/", handshake_headers(Origin="http://good.example")
+    )
+    assert good.accepted
+
+
+def test_subprotocol_is_chosen_from_the_offer() -> None:
+    server = ServerProtocol(subprotocols=["chat.v2", "chat.v1"])
+    response = server.accept("GET", "/", handshake_headers(Sec_WebSocket_Protocol="chat.v1"))
+    assert response.accepted
+    assert server.subprotocol == "chat.v1"
+    assert ("Sec-WebSocket-Protocol", "chat.v1") in response.headers
+
+
+def test_request_headers_from_environ() -> None:
+    headers = request_headers_from_environ(
+        {"HTTP_SEC_WEBSOCKET_KEY": "abc", "HTTP_HOST": "x", "CONTENT_TYPE": "text/plain"}
+    )
+    assert headers["Sec-Websocket-Key"] == "abc"
+    assert headers["Host"] == "x"
+    assert headers["Content-Type"] == "text/plain"
+
+
+# -- messages -------------------------------------------------------------------
+
+
+def test_text_and_binary_keep_their_type() -> None:
+    server = open_server()
+    data = client_frame(OP_TEXT, "héllo".encode()) + client_frame(OP_BINARY, b"\x00\xff")
+    assert server.receive_data(data) == ["héllo", b"\x00\xff"]
+    assert server.receive_data(client_frame(OP_TEXT, b"")) == [""]
+    assert server.receive_data(client_frame(OP_BINARY, b"")) == [b""]
+
+
+def test_fragments_are_reassembled_with_utf8_split_across_them() -> None:
+    server = open_server()
+    encoded = "日本語".encode()
+    data = (
+        client_frame(OP_TEXT, encoded[:4], fin=False)
+        + client_frame(Opcode.PING, b"p")  # control frames may come between fragments
+        + client_frame(Opcode.CONT, encoded[4:7], fin=False)
+        + client_frame(Opcode.CONT, encoded[7:], fin=True)
+    )
+    assert server.receive_data(data) == ["日本語"]
+    frames = parse_server_frames(server.data_to_send())
+    assert [(f.opcode, f.data) for f in frames] == [(Opcode.PONG, b"p")]
+
+
+def test_binary_fragments() -> None:
+    server = open_server()
+    data = client_frame(OP_BINARY, b"ab", fin=False) + client_frame(Opcode.CONT, b"cd")
+    assert server.receive_data(data) == [b"abcd"]
+
+
+def test_bytes_fed_one_at_a_time() -> None:
+    server = open_server()
+    messages = []
+    for byte in client_frame(OP_TEXT, b"slow"):
+        messages += server.receive_data(bytes([byte]))
+    assert messages == ["slow"]
+
+
+def test_ping_answered_with_same_payload() -> None:
+    server = open_server()
+    assert server.receive_data(client_frame(Opcode.PING, b"payload")) == []
+    (pong,) = parse_server_frames(server.data_to_send())
+    assert pong.opcode is Opcode.PONG and pong.data == b"payload"
+
+
+def test_pong_recorded() -> None:
+    server = open_server()
+    server.receive_data(client_frame(Opcode.PONG, b"1234"))
+    assert server.last_pong == b"1234"
+
+
+def test_close_is_echoed_and_reported_ok() -> None:
+    server = open_server()
+    server.receive_data(client_frame(Opcode.CLOSE, Close(1000, "done").serialize()))
+    assert not server.open
+    out = server.data_to_send()
+    assert out[-1] == b""  # server half-closes after echoing
+    (echo,) = parse_server_frames(out)
+    assert Close.parse(echo.data) == Close(1000, "done")
+    exc = server.closed_exception()
+    assert isinstance(exc, ConnectionClosedOK) and (exc.code, exc.reason) == (1000, "done")
+    server.receive_eof()
+    assert server.closed
+
+
+def test_application_close_code_is_an_error_close() -> None:
+    server = open_server()
+    server.receive_data(client_frame(Opcode.CLOSE, Close(4001, "bye").serialize()))
+    exc = server.closed_exception()
+    assert isinstance(exc, ConnectionClosedError) and (exc.code, exc.reason) == (4001, "bye")
+
+
+def test_eof_without_close_is_1006() -> None:
+    server = open_server()
+    server.receive_eof()
+    exc = server.closed_exception()
+    assert isinstance(exc, ConnectionClosedError) and exc.code == CloseCode.ABNORMAL_CLOSURE
+
+
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (client_frame(Opcode.CONT, b"stray"), 1002),
+        (client_frame(OP_TEXT, b"a", fin=False) + client_frame(OP_TEXT, b"b"), 1002),
+        (Frame(Opcode.TEXT, b"unmasked").serialize(mask=False), 1002),
+        (bytes([0x83, 0x80]) + os.urandom(4), 1002),  # reserved opcode 3
+        (client_frame(OP_TEXT, b"x", rsv1=True), 1002),
+        (client_frame(OP_TEXT, b"\xff\xfe"), 1007),
+        (client_frame(OP_TEXT, b"ok\xe6", fin=False) + client_frame(Opcode.CONT, b"\x97"), 1007),
+        (client_frame(OP_TEXT, b"\xce\xba\xe1\xbd\xb9\xcf", fin=False), None),  # incomplete: fine
+        (client_frame(Opcode.CLOSE, struct.pack("!H", 1000) + b"\xff"), 1007),
+        (client_frame(Opcode.CLOSE, struct.pack("!H", 999)), 1002),
+        (client_frame(Opcode.PING, b"x" * 126), 1002),
+    ],
+    ids=[
+        "stray-continuation",
+        "interleaved-fragments",
+        "unmasked",
+        "reserved-opcode",
+        "rsv1",
+        "invalid-utf8",
+        "invalid-utf8-across-fragments",
+        "incomplete-utf8-in-first-fragment",
+        "invalid-utf8-close-reason",
+        "invalid-close-code",
+        "control-frame-too-long",
+    ],
+)
+def test_violations_close_with_the_right_code(data: bytes, code: Optional[int]) -> None:
+    server = open_server()
+    assert server.receive_data(data) == []
+    if code is None:
+        assert server.open
+        return
+    assert close_code_sent(server) == code
+    assert not server.open
+    # After failing, further input is discarded rather than parsed.
+    assert server.receive_data(client_frame(OP_TEXT, b"after")) == []
+
+
+def test_message_size_limit_closes_1009() -> None:
+    server = open_server(max_message_size=10)
+    assert server.receive_data(client_frame(OP_BINARY, b"x" * 10)) == [b"x" * 10]
+    server.receive_data(client_frame(OP_BINARY, b"x" * 11))
+    assert close_code_sent(server) == 1009
+
+
+def test_message_size_limit_counts_fragments() -> None:
+    server = open_server(max_message_size=10)
+    data = client_frame(OP_BINARY, b"x" * 6, fin=False) + client_frame(Opcode.CONT, b"x" * 6)
+    server.receive_data(data)
+    assert close_code_sent(server) == 1009
+
+
+def test_no_size_limit() -> None:
+    server = open_server(max_message_size=None)
+    assert server.receive_data(client_frame(OP_BINARY, b"x" * 3_000_000)) == [b"x" * 3_000_000]
+
+
+def test_send_close_truncates_long_reason() -> None:
+    server = open_server()
+    server.send_close(1000, "é" * 100)
+    (frame,) = parse_server_frames(server.data_to_send())
+    close = Close.parse(frame.data)
+    assert close.code == 1000 and len(close.reason.encode()) <= 123
+
+
+def test_client_protocol_round_trip_with_server() -> None:
+    server = open_server()
+    client = ClientProtocol()
+    client.send_message("hi")
+    client.send_message(b"\x01")
+    messages: List[object] = []
+    for chunk in client.data_to_send():
+        messages += server.receive_data(chunk)
+    assert messages == ["hi", b"\x01"]
+    assert client.receive_data(encode_frame(OP_TEXT, b"back")) == ["back"]
