@@ -89,11 +89,10 @@ class UwsgiServer:
 
     def start(self, timeout: float = 30.0, expect_ready: bool = True) -> UwsgiServer:
         """Start uWSGI and wait until it accepts connections (or exits)."""
-        log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            self.command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                self.command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
