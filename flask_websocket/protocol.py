@@ -110,6 +110,21 @@ def request_headers_from_environ(environ: Mapping[str, object]) -> Headers:
     return headers
 
 
+class _LenientCloseServerProtocol(_WebsocketsServerProtocol):
+    """websockets' server protocol, accepting a close frame between fragments.
+
+    RFC 6455 (5.4) allows control frames in the middle of a fragmented
+    message, and a close frame ends the connection: the unfinished message is
+    simply dropped and the close echoed. websockets fails the connection with
+    1002 instead (Autobahn|Testsuite case 7.1.5).
+    """
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.CLOSE:
+            self.current_size = None
+        super().recv_frame(frame)
+
+
 @dataclass
 class _Reassembly:
     """A fragmented message being put back together."""
@@ -213,6 +228,8 @@ class MessageProtocol:
                     messages.append(self._finish_fragments())
             elif opcode is Opcode.PONG:
                 self.last_pong = data
+            elif opcode is Opcode.CLOSE:
+                self._partial = None  # an unfinished message is dropped
             # PING is answered and CLOSE echoed by the websockets layer.
         return messages
 
@@ -288,7 +305,7 @@ class ServerProtocol(MessageProtocol):
         origins: Optional[Sequence[Optional[str]]] = None,
         logger: Optional[logging.Logger] = None,
     ) -> None:
-        self._server = _WebsocketsServerProtocol(
+        self._server = _LenientCloseServerProtocol(
             origins=origins,  # type: ignore[arg-type]
             subprotocols=subprotocols,  # type: ignore[arg-type]
             max_size=max_message_size,

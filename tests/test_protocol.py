@@ -322,3 +322,16 @@ def test_client_protocol_round_trip_with_server() -> None:
         messages += server.receive_data(chunk)
     assert messages == ["hi", b"\x01"]
     assert client.receive_data(encode_frame(OP_TEXT, b"back")) == ["back"]
+
+
+def test_close_between_fragments_is_a_normal_close() -> None:
+    """Autobahn 7.1.5: text fragment, close 1000, continuation: echo 1000."""
+    server = open_server()
+    data = (
+        client_frame(OP_TEXT, b"fragment1", fin=False)
+        + client_frame(Opcode.CLOSE, Close(1000, "").serialize())
+        + client_frame(Opcode.CONT, b"fragment2")
+    )
+    assert server.receive_data(data) == []
+    assert close_code_sent(server) == 1000
+    assert isinstance(server.closed_exception(), ConnectionClosedOK)
