@@ -75,6 +75,7 @@ class WebSocketConnection:
     __slots__ = (
         "__weakref__",
         "_backend",
+        "_backlogged",
         "_close_timer",
         "_closed_event",
         "_drained",
@@ -109,9 +110,10 @@ class WebSocketConnection:
         self._sock: Optional[socket.socket] = None
         self._reader: Optional[Watcher] = None
         self._writer: Optional[Watcher] = None
-        self._inbox: Deque[Message] = deque()
+        # Created on first use: an idle connection should cost little memory.
+        self._inbox: Optional[Deque[Message]] = None
         self._inbox_wakeup: Wakeup = backend.wakeup()
-        self._send_queue: Deque[Union[bytes, memoryview]] = deque()
+        self._send_queue: Optional[Deque[Union[bytes, memoryview]]] = None
         self._send_queue_bytes = 0
         self._drained: Optional[Event] = None
         self._closed_event: Optional[Event] = None
@@ -120,6 +122,9 @@ class WebSocketConnection:
         self._close_timer: Optional[Timer] = None
         self._torn_down = False
         self._read_paused = False
+        # True while the send queue is over its bound: reading stops too, so
+        # a peer that sends pings but never reads the pongs cannot grow it.
+        self._backlogged = False
         #: The subprotocol agreed in the handshake, or ``None``.
         self.subprotocol: Optional[str] = protocol.subprotocol
 
@@ -170,7 +175,6 @@ class WebSocketConnection:
         fd = sock.fileno()
         backend = self._backend
         self._reader = backend.watch_readable(fd, self._on_readable)
-        self._writer = backend.watch_writable(fd, self._on_writable)
         self._reader.start()
         if self._options.ping_interval:
             self._keepalive = backend.call_later(self._options.ping_interval, self._on_keepalive)
@@ -186,9 +190,9 @@ class WebSocketConnection:
         """
         if self._opener is not None:
             self.accept()
-        inbox = self._inbox
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            inbox = self._inbox
             if inbox:
                 message = inbox.popleft()
                 if self._read_paused and len(inbox) <= self._options.receive_queue_size // 2:
@@ -199,7 +203,7 @@ class WebSocketConnection:
             if deadline is None:
                 self._inbox_wakeup.wait()
             elif not self._inbox_wakeup.wait(deadline - time.monotonic()) and not (
-                inbox or self.closed
+                self._inbox or self.closed
             ):
                 return None
 
@@ -216,9 +220,9 @@ class WebSocketConnection:
         """
         if self._opener is not None:
             self.accept()
-        inbox = self._inbox
-        if not inbox and not self._torn_down and not self._read_paused:
+        if not self._inbox and not (self._torn_down or self._read_paused or self._backlogged):
             self._on_readable()
+        inbox = self._inbox
         if inbox:
             message = inbox.popleft()
             if self._read_paused and len(inbox) <= self._options.receive_queue_size // 2:
@@ -359,8 +363,11 @@ class WebSocketConnection:
             if data:
                 messages = protocol.receive_data(data)
                 if messages:
-                    self._inbox.extend(messages)
-                    if len(self._inbox) >= self._options.receive_queue_size and protocol.open:
+                    inbox = self._inbox
+                    if inbox is None:
+                        inbox = self._inbox = deque()
+                    inbox.extend(messages)
+                    if len(inbox) >= self._options.receive_queue_size and protocol.open:
                         self._pause_reading()
                 if protocol.last_pong is not None:
                     self._on_pong(protocol.last_pong)
@@ -385,7 +392,7 @@ class WebSocketConnection:
 
     def _resume_reading(self) -> None:
         self._read_paused = False
-        if self._reader is not None and not self._torn_down:
+        if self._reader is not None and not self._torn_down and not self._backlogged:
             self._reader.start()
 
     def _stop_reading(self) -> None:
@@ -414,15 +421,24 @@ class WebSocketConnection:
             if sent == len(data):
                 return
             data = memoryview(data)[sent:]
+        if queue is None:
+            queue = self._send_queue = deque()
         queue.append(data)
         self._send_queue_bytes += len(data)
-        if self._writer is not None:
-            self._writer.start()
+        if self._send_queue_bytes > self._options.send_queue_size and not self._backlogged:
+            self._backlogged = True
+            if self._reader is not None:
+                self._reader.stop()
+        if self._writer is None:
+            if self._sock is None or self._torn_down:
+                return
+            self._writer = self._backend.watch_writable(self._sock.fileno(), self._on_writable)
+        self._writer.start()
 
     def _on_writable(self) -> None:
         sock = self._sock
         queue = self._send_queue
-        if sock is None or self._torn_down:
+        if sock is None or self._torn_down or queue is None:
             return
         while queue:
             data = queue[0]
@@ -445,8 +461,13 @@ class WebSocketConnection:
                 break
         if not queue and self._writer is not None:
             self._writer.stop()
-        if self._drained is not None and self._send_queue_bytes <= self._options.send_queue_size:
-            self._drained.set()
+        if self._send_queue_bytes <= self._options.send_queue_size:
+            if self._backlogged:
+                self._backlogged = False
+                if self._reader is not None and not self._read_paused:
+                    self._reader.start()
+            if self._drained is not None:
+                self._drained.set()
 
     def _wait_for_drain(self) -> None:
         if self._backend.in_event_loop():
@@ -556,7 +577,7 @@ class WebSocketConnection:
             if watcher is not None:
                 watcher.close()
         self._reader = self._writer = None
-        self._send_queue.clear()
+        self._send_queue = None
         self._send_queue_bytes = 0
         if self._sock is not None:
             self._sock.close()

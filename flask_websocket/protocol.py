@@ -129,10 +129,11 @@ class _LenientCloseServerProtocol(_WebsocketsServerProtocol):
 class _Reassembly:
     """A fragmented message being put back together."""
 
-    is_text: bool
-    chunks: List[bytes] = field(default_factory=list)
+    # One growing buffer, not a list of fragments: a million one-byte
+    # fragments must cost about a megabyte, not fifty.
+    buffer: bytearray = field(default_factory=bytearray)
+    #: Checks text as it arrives, to fail fast on invalid UTF-8 (output unused).
     decoder: Optional[codecs.IncrementalDecoder] = None
-    text: List[str] = field(default_factory=list)
 
 
 class MessageProtocol:
@@ -213,14 +214,14 @@ class MessageProtocol:
                         self._fail_utf8(exc)
                         break
                 else:
-                    self._partial = _Reassembly(True, decoder=_utf8_decoder())
+                    self._partial = _Reassembly(decoder=_utf8_decoder())
                     if not self._add_fragment(data, False):
                         break
             elif opcode is Opcode.BINARY:
                 if frame.fin:
                     messages.append(data)
                 else:
-                    self._partial = _Reassembly(False, chunks=[data])
+                    self._partial = _Reassembly(bytearray(data))
             elif opcode is Opcode.CONT:
                 if not self._add_fragment(data, frame.fin):
                     break
@@ -243,21 +244,20 @@ class MessageProtocol:
         assert partial is not None  # websockets rejects stray continuations
         if partial.decoder is not None:
             try:
-                partial.text.append(partial.decoder.decode(data, fin))
+                partial.decoder.decode(data, fin)
             except UnicodeDecodeError as exc:
                 self._fail_utf8(exc)
                 return False
-        else:
-            partial.chunks.append(data)
+        partial.buffer += data
         return True
 
     def _finish_fragments(self) -> Message:
         partial = self._partial
         assert partial is not None
         self._partial = None
-        if partial.is_text:
-            return "".join(partial.text)
-        return b"".join(partial.chunks)
+        if partial.decoder is not None:
+            return partial.buffer.decode()  # validated fragment by fragment
+        return bytes(partial.buffer)
 
     def _fail_utf8(self, exc: UnicodeDecodeError) -> None:
         self._partial = None
