@@ -14,6 +14,7 @@ connection's send queue and is flushed by a write watcher. Any task may send.
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import logging
 import os
@@ -101,13 +102,13 @@ class WebSocketConnection:
         protocol: ServerProtocol,
         backend: Backend,
         options: ConnectionOptions,
-        opener: Callable[[], socket.socket],
+        opener: Callable[[], _socket.socket],
     ) -> None:
         self._protocol = protocol
         self._backend = backend
         self._options = options
-        self._opener: Optional[Callable[[], socket.socket]] = opener
-        self._sock: Optional[socket.socket] = None
+        self._opener: Optional[Callable[[], _socket.socket]] = opener
+        self._sock: Optional[_socket.socket] = None
         self._reader: Optional[Watcher] = None
         self._writer: Optional[Watcher] = None
         # Created on first use: an idle connection should cost little memory.

@@ -341,7 +341,8 @@ class ServerProtocol(MessageProtocol):
         if response.status_code == 101:
             # The parser was started in CONNECTING state, waiting for an HTTP
             # request that the server already parsed: restart it for frames.
-            self._server.parser = self._server.parse()
+            # (The base class's parser: frames only, one generator less.)
+            self._server.parser = _WebsocketsProtocol.parse(self._server)
             next(self._server.parser)
         return HandshakeResponse(
             status=response.status_code,

@@ -599,7 +599,7 @@ def test_keepalive_raw_client_answering_pongs(keepalive_server: UwsgiServer) -> 
 def test_debug_wraps_app_in_werkzeug_debugger(debug_server: UwsgiServer) -> None:
     status, body, _ = http_get(debug_server.http_url("/wsgi-chain"))
     assert status == 200
-    assert body.decode().split(" > ")[:2] == ["_CaptureStartResponse", "DebuggedApplication"]
+    assert body.decode().split(" > ")[:2] == ["flask_websocket_middleware", "DebuggedApplication"]
     status, body, _ = http_get(debug_server.http_url("/http-raises"))
     assert status == 500
     assert b"Werkzeug Debugger" in body

@@ -25,7 +25,7 @@ def wsgi_chain() -> str:
     names: List[str] = []
     current: Any = app.wsgi_app
     for _ in range(10):  # bounded: a handful of wrappers at most
-        names.append(type(current).__name__)
+        names.append(getattr(current, "__name__", None) or type(current).__name__)
         inner = getattr(current, "wsgi_app", None) or getattr(current, "app", None)
         if inner is None or inner is current:
             break
