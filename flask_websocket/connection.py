@@ -373,10 +373,12 @@ class WebSocketConnection:
                 if protocol.last_pong is not None:
                     self._on_pong(protocol.last_pong)
                     protocol.last_pong = None
+                if protocol.has_news():
+                    self._flush_protocol()
             else:
                 protocol.receive_eof()
                 self._stop_reading()
-            self._flush_protocol()
+                self._flush_protocol()
         except Exception:  # never let one connection's error reach the hub
             logger.exception("unexpected error reading a WebSocket connection; closing it")
             protocol.fail(CloseCode.INTERNAL_ERROR, "internal error")
