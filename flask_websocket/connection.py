@@ -22,7 +22,7 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Deque, Iterator, Optional, Union
+from typing import Callable, Deque, Iterator, List, Optional, Union
 
 from . import transport
 from .close_codes import CloseCode
@@ -112,7 +112,8 @@ class WebSocketConnection:
         self._reader: Optional[Watcher] = None
         self._writer: Optional[Watcher] = None
         # Created on first use: an idle connection should cost little memory.
-        self._inbox: Optional[Deque[Message]] = None
+        # A plain list, None when empty: an idle connection keeps no buffer.
+        self._inbox: Optional[List[Message]] = None
         self._inbox_wakeup: Wakeup = backend.wakeup()
         self._send_queue: Optional[Deque[Union[bytes, memoryview]]] = None
         self._send_queue_bytes = 0
@@ -193,12 +194,8 @@ class WebSocketConnection:
             self.accept()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            inbox = self._inbox
-            if inbox:
-                message = inbox.popleft()
-                if self._read_paused and len(inbox) <= self._options.receive_queue_size // 2:
-                    self._resume_reading()
-                return message
+            if self._inbox:
+                return self._pop_message()
             if self.closed:
                 raise self._protocol.closed_exception()
             if deadline is None:
@@ -223,12 +220,8 @@ class WebSocketConnection:
             self.accept()
         if not self._inbox and not (self._torn_down or self._read_paused or self._backlogged):
             self._on_readable()
-        inbox = self._inbox
-        if inbox:
-            message = inbox.popleft()
-            if self._read_paused and len(inbox) <= self._options.receive_queue_size // 2:
-                self._resume_reading()
-            return message
+        if self._inbox:
+            return self._pop_message()
         if self.closed:
             raise self._protocol.closed_exception()
         return None
@@ -365,9 +358,10 @@ class WebSocketConnection:
                 messages = protocol.receive_data(data)
                 if messages:
                     inbox = self._inbox
-                    if inbox is None:
-                        inbox = self._inbox = deque()
-                    inbox.extend(messages)
+                    if inbox:
+                        inbox.extend(messages)
+                    else:
+                        inbox = self._inbox = messages  # a new list: adopt it
                     if len(inbox) >= self._options.receive_queue_size and protocol.open:
                         self._pause_reading()
                 if protocol.last_pong is not None:
@@ -387,6 +381,16 @@ class WebSocketConnection:
         # and may close the connection before this callback resumes.
         if self._inbox or not protocol.open or self._torn_down:
             self._inbox_wakeup.notify()
+
+    def _pop_message(self) -> Message:
+        inbox = self._inbox
+        assert inbox
+        message = inbox.pop(0)  # short: bounded by WEBSOCKET_RECEIVE_QUEUE_SIZE
+        if not inbox:
+            self._inbox = None
+        if self._read_paused and len(inbox) <= self._options.receive_queue_size // 2:
+            self._resume_reading()
+        return message
 
     def _pause_reading(self) -> None:
         self._read_paused = True
