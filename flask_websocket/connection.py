@@ -22,15 +22,18 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Deque, Iterator, List, Optional, Union
+from typing import TYPE_CHECKING, Callable, Deque, FrozenSet, Iterator, List, Optional, Set, Union
 
 from . import transport
 from .close_codes import CloseCode
 from .concurrency.base import Backend, Event, Timer, Wakeup, Watcher
-from .exceptions import ConnectionClosedOK
+from .exceptions import ConnectionClosedOK, SendQueueFull
 from .protocol import OP_BINARY, OP_TEXT, Message, ServerProtocol, encode_frame
 
-__all__ = ["ConnectionOptions", "WebSocketConnection"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .rooms import RoomRegistry
+
+__all__ = ["OVERFLOW_POLICIES", "ConnectionOptions", "WebSocketConnection"]
 
 logger = logging.getLogger("flask_websocket")
 
@@ -56,6 +59,14 @@ class ConnectionOptions:
     receive_queue_size: int = 64
     #: Bytes queued for sending before a sending task waits for the peer.
     send_queue_size: int = 2**20
+    #: What a send that cannot wait does when the queue is full (see OVERFLOW_POLICIES).
+    overflow: str = "disconnect"
+
+
+#: Overflow policies of the send queue, for sends that cannot wait (broadcast,
+#: ``send_to``, ``send_nowait``): drop the oldest queued messages, close the
+#: connection with 1013 (try again later), or raise :class:`SendQueueFull`.
+OVERFLOW_POLICIES = ("drop_oldest", "disconnect", "raise")
 
 
 class WebSocketConnection:
@@ -80,6 +91,7 @@ class WebSocketConnection:
         "_close_timer",
         "_closed_event",
         "_drained",
+        "_id",
         "_inbox",
         "_inbox_wakeup",
         "_keepalive",
@@ -89,6 +101,8 @@ class WebSocketConnection:
         "_protocol",
         "_read_paused",
         "_reader",
+        "_registry",
+        "_rooms",
         "_send_queue",
         "_send_queue_bytes",
         "_sock",
@@ -103,6 +117,7 @@ class WebSocketConnection:
         backend: Backend,
         options: ConnectionOptions,
         opener: Callable[[], _socket.socket],
+        registry: Optional[RoomRegistry] = None,
     ) -> None:
         self._protocol = protocol
         self._backend = backend
@@ -127,6 +142,9 @@ class WebSocketConnection:
         # True while the send queue is over its bound: reading stops too, so
         # a peer that sends pings but never reads the pongs cannot grow it.
         self._backlogged = False
+        self._registry = registry
+        self._id: Optional[str] = None
+        self._rooms: Optional[Set[str]] = None
         #: The subprotocol agreed in the handshake, or ``None``.
         self.subprotocol: Optional[str] = protocol.subprotocol
 
@@ -178,8 +196,61 @@ class WebSocketConnection:
         backend = self._backend
         self._reader = backend.watch_readable(fd, self._on_readable)
         self._reader.start()
+        if self._registry is not None:
+            self._registry.add(self)
         if self._options.ping_interval:
             self._keepalive = backend.call_later(self._options.ping_interval, self._on_keepalive)
+
+    # ------------------------------------------------------------------
+    # Identity and rooms
+
+    @property
+    def id(self) -> str:
+        """This connection's id, unique across every process and host of the app."""
+        if self._id is None:
+            registry = self._registry
+            self._id = registry.new_id(self) if registry is not None else os.urandom(8).hex()
+        return self._id
+
+    @property
+    def assigned_id(self) -> Optional[str]:
+        """The id if :attr:`id` was ever read (or a room joined), else ``None``."""
+        return self._id
+
+    @property
+    def rooms(self) -> FrozenSet[str]:
+        """The rooms this connection is in."""
+        return frozenset(self._rooms) if self._rooms else frozenset()
+
+    def join(self, room: str) -> None:
+        """Join ``room``: broadcasts to it reach this connection until it leaves or closes.
+
+        Raises:
+            TypeError, ValueError: ``room`` is not a valid room name (a
+                non-empty ``str`` of at most 200 bytes, no control characters).
+            ConnectionClosed: the connection is closed.
+        """
+        registry = self._require_registry()
+        if self._opener is not None:
+            self.accept()
+        if self.closed:
+            raise self._protocol.closed_exception()
+        registry.join(self, room)
+        _ = self.id  # presence lists members by id: give it one now
+        if self._rooms is None:
+            self._rooms = set()
+        self._rooms.add(room)
+
+    def leave(self, room: str) -> None:
+        """Leave ``room`` (no-op if not in it)."""
+        if self._rooms and room in self._rooms:
+            self._rooms.discard(room)
+            self._require_registry().leave(self, room)
+
+    def _require_registry(self) -> RoomRegistry:
+        if self._registry is None:
+            raise RuntimeError("rooms need a connection made by the WebSocket extension")
+        return self._registry
 
     def receive(self, timeout: Optional[float] = None) -> Optional[Message]:
         """Wait for the next message: ``str`` for text, ``bytes`` for binary.
@@ -273,6 +344,75 @@ class WebSocketConnection:
     ) -> None:
         """Send bytes of uWSGI's sharedarea ``area`` as a binary message."""
         self.send_frame(encode_frame(OP_BINARY, transport.sharedarea_read(area, position, length)))
+
+    def send_nowait(self, message: Union[str, bytes, bytearray, memoryview]) -> None:
+        """Send without ever waiting: if the send queue is full, apply its policy.
+
+        ``WEBSOCKET_SEND_QUEUE_OVERFLOW`` says what happens then:
+        ``"drop_oldest"`` drops the oldest queued messages, ``"disconnect"``
+        closes the connection with 1013, ``"raise"`` raises
+        :class:`~flask_websocket.SendQueueFull`.
+
+        Raises:
+            ConnectionClosed: the connection is closed (or was just closed by
+                the ``disconnect`` policy).
+            SendQueueFull: the queue is full and the policy is ``raise``.
+        """
+        if isinstance(message, str):
+            frame = encode_frame(OP_TEXT, message.encode())
+        elif isinstance(message, (bytes, bytearray, memoryview)):
+            frame = encode_frame(OP_BINARY, bytes(message))
+        else:
+            raise TypeError(f"send_nowait() takes str or bytes, not {type(message).__name__}")
+        if self._opener is not None:
+            self.accept()
+        if not self.offer_frame(frame) and self.closed:
+            raise self._protocol.closed_exception()
+
+    def offer_frame(self, frame: bytes) -> bool:
+        """Queue a serialised frame without waiting; ``False`` if it was not sent.
+
+        Not sent: the connection is not open, or the queue was full and the
+        policy disconnected. Raises :class:`SendQueueFull` under the
+        ``raise`` policy.
+        """
+        if self._opener is not None or self.closed:
+            return False
+        queued = self._send_queue_bytes
+        if queued and queued + len(frame) > self._options.send_queue_size:
+            policy = self._options.overflow
+            if policy == "raise":
+                raise SendQueueFull(
+                    f"{queued} bytes are waiting for a slow peer "
+                    f"(WEBSOCKET_SEND_QUEUE_SIZE is {self._options.send_queue_size})"
+                )
+            if policy == "disconnect":
+                self._drop_queued_frames(everything=True)
+                self._protocol.fail(
+                    CloseCode.TRY_AGAIN_LATER, "send queue full: reading too slowly"
+                )
+                self._flush_protocol()
+                self._inbox_wakeup.notify()
+                return False
+            self._drop_queued_frames(need=len(frame))
+        self._write(frame)
+        return True
+
+    def _drop_queued_frames(self, need: int = 0, everything: bool = False) -> None:
+        """Drop whole queued frames, oldest first, until ``need`` more bytes fit.
+
+        A frame partly written already (a memoryview at the head) is kept:
+        cutting it would corrupt the stream.
+        """
+        queue = self._send_queue
+        if not queue:
+            return
+        head = queue.popleft() if isinstance(queue[0], memoryview) else None
+        limit = self._options.send_queue_size
+        while queue and (everything or self._send_queue_bytes + need > limit):
+            self._send_queue_bytes -= len(queue.popleft())
+        if head is not None:
+            queue.appendleft(head)
 
     def send_frame(self, frame: bytes) -> None:
         """Write one already-serialised frame (see :func:`protocol.encode_frame`).
@@ -585,6 +725,8 @@ class WebSocketConnection:
                 watcher.close()
         self._reader = self._writer = None
         self._send_queue = None
+        if self._registry is not None:
+            self._registry.remove(self)
         self._send_queue_bytes = 0
         if self._sock is not None:
             self._sock.close()

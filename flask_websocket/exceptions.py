@@ -6,7 +6,10 @@ Every exception the library raises derives from :class:`WebSocketError`::
     ├── ConnectionClosed            the connection is closed; .code, .reason
     │   ├── ConnectionClosedOK      closed normally (1000 or 1001, both ways)
     │   └── ConnectionClosedError   closed by an error, or lost (1006)
+    ├── SendQueueFull               a non-waiting send found the send queue full
     ├── ConfigurationError          the server or app is set up so it cannot work
+    ├── HubError                    (hubs) other processes could not be reached
+    ├── BroadcastTooLarge           (hubs) a broadcast over the hub's size limit
     └── HandshakeRejected           (testing client) the server refused the upgrade
 
 A handler learns that the peer has gone from :class:`ConnectionClosed`, never
@@ -25,6 +28,7 @@ __all__ = [
     "ConnectionClosedError",
     "ConnectionClosedOK",
     "HandshakeRejected",
+    "SendQueueFull",
     "WebSocketError",
 ]
 
@@ -70,6 +74,14 @@ class ConnectionClosedOK(ConnectionClosed):
 
 class ConnectionClosedError(ConnectionClosed):
     """The connection was closed by an error, or lost without a close frame (1006)."""
+
+
+class SendQueueFull(WebSocketError):
+    """The connection's send queue is full and the overflow policy is ``raise``.
+
+    Raised by :meth:`~flask_websocket.WebSocketConnection.send_nowait`. The
+    peer is reading more slowly than messages are sent to it.
+    """
 
 
 class ConfigurationError(WebSocketError, RuntimeError):

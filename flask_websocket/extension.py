@@ -11,20 +11,24 @@ as in any view, and the handler runs inside the request context.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Type, TypeVar
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Type, TypeVar, Union
 
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app, has_app_context, request
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from . import transport
 from .close_codes import CloseCode
 from .concurrency import backend_for_server
 from .concurrency.base import Backend
-from .connection import ConnectionOptions, WebSocketConnection
+from .connection import OVERFLOW_POLICIES, ConnectionOptions, WebSocketConnection
 from .exceptions import ConnectionClosed
-from .protocol import ServerProtocol, request_headers_from_environ
+from .hubs import Hub, create_hub
+from .hubs.base import KIND_ALL, KIND_DIRECT, KIND_ROOM, Envelope, check_room
+from .protocol import OP_BINARY, OP_TEXT, ServerProtocol, request_headers_from_environ
+from .rooms import RoomRegistry
 
 __all__ = ["CONFIG_DEFAULTS", "WebSocket"]
 
@@ -40,6 +44,9 @@ CONFIG_DEFAULTS: Dict[str, Any] = {
     "WEBSOCKET_ALLOWED_ORIGINS": None,
     "WEBSOCKET_RECEIVE_QUEUE_SIZE": 64,
     "WEBSOCKET_SEND_QUEUE_SIZE": 2**20,
+    "WEBSOCKET_SEND_QUEUE_OVERFLOW": "disconnect",
+    "WEBSOCKET_HUB_URL": None,
+    "WEBSOCKET_HUB_OPTIONS": {},
 }
 
 #: WSGI environ key where the middleware leaves the server's start_response.
@@ -76,13 +83,41 @@ class _State:
         self.upgraded_response_class = _upgraded_response_class(app.response_class)
         #: Connection options per route, built from the config at first use.
         self.options: Dict[_Route, ConnectionOptions] = {}
+        self.app = app
         self._backend: Optional[Backend] = None
+        self._hub: Optional[Hub] = None
+        self._hub_pid = 0
 
     @property
     def backend(self) -> Backend:
         if self._backend is None:
             self._backend = backend_for_server()
         return self._backend
+
+    @property
+    def hub(self) -> Hub:
+        """This process's hub (and room registry), made on first use.
+
+        Made per process: uWSGI forks workers after loading the app, and a
+        hub's sockets and listener belong to the process that made them.
+        """
+        if self._hub is None or self._hub_pid != os.getpid():
+            config = self.app.config
+            url = config["WEBSOCKET_HUB_URL"] or (
+                "local://" if transport.worker_count() > 1 else "memory://"
+            )
+            options = dict(config["WEBSOCKET_HUB_OPTIONS"] or {})
+            options.setdefault("name", self.app.import_name)
+            registry = RoomRegistry()
+            hub = create_hub(url, registry, options)
+            registry.hub = hub
+            self._hub, self._hub_pid = hub, os.getpid()
+        return self._hub
+
+    @property
+    def registry(self) -> RoomRegistry:
+        """This process's registry of connections and rooms."""
+        return self.hub.registry
 
 
 def capture_start_response(wsgi_app: Callable[..., Iterable[bytes]]) -> Callable[..., Any]:
@@ -161,6 +196,12 @@ class WebSocket:
         transport.check_server()
         for key, value in CONFIG_DEFAULTS.items():
             app.config.setdefault(key, value)
+        overflow = app.config["WEBSOCKET_SEND_QUEUE_OVERFLOW"]
+        if overflow not in OVERFLOW_POLICIES:
+            raise ValueError(
+                f"WEBSOCKET_SEND_QUEUE_OVERFLOW is {overflow!r}: use one of "
+                + ", ".join(repr(policy) for policy in OVERFLOW_POLICIES)
+            )
         app.extensions[EXTENSION_KEY] = _State(self, app)
         if app.debug:
             from werkzeug.debug import DebuggedApplication
@@ -226,6 +267,76 @@ class WebSocket:
 
         return decorator
 
+    # -- broadcast ------------------------------------------------------------
+
+    def broadcast(
+        self,
+        message: Union[str, bytes],
+        room: Optional[str] = None,
+        skip: Union[WebSocketConnection, str, None] = None,
+    ) -> None:
+        """Send ``message`` to every connection, or to the members of ``room``.
+
+        Works from a WebSocket handler, a plain view, a ``flask`` CLI command
+        or a background greenlet, in any worker: the hub carries it to the
+        others. The message is framed once per process and the same bytes
+        written to each member; no member's slow socket delays the others
+        (see ``WEBSOCKET_SEND_QUEUE_OVERFLOW``).
+
+        Args:
+            message: ``str`` (text) or ``bytes`` (binary).
+            room: a room name, or ``None`` for every connection.
+            skip: a connection (or its id) not to send to, usually the sender.
+
+        Raises:
+            BroadcastTooLarge: over the hub's size limit.
+            HubError: other processes could not be reached (local members
+                have the message).
+        """
+        kind = KIND_ALL if room is None else KIND_ROOM
+        self._publish(kind, message, check_room(room) if room is not None else "", skip)
+
+    def send_to(self, connection_id: str, message: Union[str, bytes]) -> None:
+        """Send ``message`` to the connection with this id, in whatever process it is."""
+        if not isinstance(connection_id, str) or not connection_id:
+            raise ValueError(f"not a connection id: {connection_id!r}")
+        self._publish(KIND_DIRECT, message, connection_id, None)
+
+    def members(self, room: str) -> List[str]:
+        """Ids of the connections in ``room``, across every process of the app."""
+        return self._state().hub.members(room)
+
+    def _publish(
+        self,
+        kind: int,
+        message: Union[str, bytes],
+        target: str,
+        skip: Union[WebSocketConnection, str, None],
+    ) -> None:
+        if isinstance(message, str):
+            opcode, payload = OP_TEXT, message.encode()
+        elif isinstance(message, (bytes, bytearray, memoryview)):
+            opcode, payload = OP_BINARY, bytes(message)
+        else:
+            raise TypeError(f"a message is str or bytes, not {type(message).__name__}")
+        if isinstance(skip, WebSocketConnection):
+            skip = skip.id
+        hub = self._state().hub
+        hub.publish(
+            Envelope(kind, opcode, payload, target, skip or "", origin=hub.registry.node_id)
+        )
+
+    def _state(self) -> _State:
+        app = current_app._get_current_object() if has_app_context() else None  # type: ignore[attr-defined]
+        if app is None or EXTENSION_KEY not in app.extensions:
+            if len(self._apps) != 1:
+                raise RuntimeError(
+                    "broadcast outside an app context: push one (with app.app_context():)"
+                )
+            app = self._apps[0]
+        state: _State = app.extensions[EXTENSION_KEY]
+        return state
+
     def _add_rules(self, target: Any, route: _Route) -> None:
         view = self._make_view(route)
         options = dict(route.options)
@@ -254,6 +365,7 @@ def _options_for(route: _Route, config: Any) -> ConnectionOptions:
         close_timeout=config["WEBSOCKET_CLOSE_TIMEOUT"],
         receive_queue_size=config["WEBSOCKET_RECEIVE_QUEUE_SIZE"],
         send_queue_size=config["WEBSOCKET_SEND_QUEUE_SIZE"],
+        overflow=config["WEBSOCKET_SEND_QUEUE_OVERFLOW"],
     )
 
 
@@ -300,7 +412,7 @@ def _open(route: _Route, state: _State, config: Any, environ: Dict[str, Any], me
     opener = functools.partial(
         transport.open_connection_socket, environ, start_response, handshake.headers
     )
-    return WebSocketConnection(protocol, state.backend, options, opener)
+    return WebSocketConnection(protocol, state.backend, options, opener, state.registry)
 
 
 def _run_handler(

@@ -68,6 +68,20 @@ def loop_engine() -> Optional[str]:
     return loop or None
 
 
+def worker_count() -> int:
+    """How many worker processes uWSGI runs (1 outside uWSGI)."""
+    if _uwsgi is None:
+        return 1
+    return int(getattr(_uwsgi, "numproc", 1) or 1)
+
+
+def worker_id() -> Optional[int]:
+    """This worker's number (1..N) under uWSGI, else ``None``."""
+    if _uwsgi is None:
+        return None
+    return int(_uwsgi.worker_id())
+
+
 def check_server() -> None:
     """Fail at start-up, with the flag to add, if uWSGI runs so we cannot work.
 

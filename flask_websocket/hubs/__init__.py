@@ -1,0 +1,46 @@
+"""Hubs carry rooms and broadcasts between processes.
+
+======================  =====================================================
+``memory://``           one worker process (nothing to carry)
+``local://``            the workers of one host, over unix datagram sockets;
+                        no external service. The default when uWSGI runs
+                        more than one worker.
+``redis://host:port/n`` many hosts, over Redis pub/sub
+======================  =====================================================
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping, Optional
+from urllib.parse import urlsplit
+
+from .base import BroadcastTooLarge, Envelope, Hub, HubError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..rooms import RoomRegistry
+
+__all__ = ["BroadcastTooLarge", "Envelope", "Hub", "HubError", "create_hub"]
+
+
+def create_hub(
+    url: str, registry: RoomRegistry, options: Optional[Mapping[str, Any]] = None
+) -> Hub:
+    """The hub for ``url`` (``memory://``, ``local://``, ``redis://...``)."""
+    scheme = urlsplit(url).scheme
+    options = dict(options or {})
+    if scheme == "memory":
+        from .memory import MemoryHub
+
+        return MemoryHub(registry, options)
+    if scheme == "local":
+        from .local import LocalHub
+
+        return LocalHub(registry, options)
+    if scheme in ("redis", "rediss", "unix"):
+        from .redis import RedisHub
+
+        options.setdefault("url", url)
+        return RedisHub(registry, options)
+    raise ValueError(
+        f"unknown WEBSOCKET_HUB_URL {url!r}: use memory://, local:// or redis://host:port/db"
+    )

@@ -1,0 +1,217 @@
+"""What every hub shares: the envelope, room names, and the ``Hub`` contract.
+
+A hub carries broadcasts between the processes that hold connections. Each
+process has one :class:`~flask_websocket.rooms.RoomRegistry` (who is in which
+room, here) and one hub. A broadcast is published once as an
+:class:`Envelope`; every process that receives it frames the message once
+and writes the same bytes to each local member.
+
+Hooks a hub implements (see :class:`Hub`): :meth:`Hub._publish` sends an
+envelope to the other processes, :meth:`Hub._start` begins listening for
+theirs, :meth:`Hub._room_joined` / :meth:`Hub._room_left` follow which rooms
+have local members (the redis hub subscribes per room), and
+:meth:`Hub._remote_members` answers presence.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
+
+from ..exceptions import WebSocketError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..rooms import RoomRegistry
+
+__all__ = [
+    "KIND_ALL",
+    "KIND_DIRECT",
+    "KIND_ROOM",
+    "BroadcastTooLarge",
+    "Envelope",
+    "Hub",
+    "HubError",
+    "check_room",
+    "new_node_id",
+]
+
+logger = logging.getLogger("flask_websocket.hubs")
+
+KIND_ALL = 0
+KIND_ROOM = 1
+KIND_DIRECT = 2
+
+#: Longest room name, in bytes of UTF-8.
+MAX_ROOM_BYTES = 200
+
+_VERSION = 1
+_HEADER = struct.Struct("!BBBBBB")  # version, kind, opcode, len(target), len(skip), len(origin)
+
+
+class HubError(WebSocketError):
+    """A hub could not deliver a broadcast to other processes (e.g. Redis is down).
+
+    Local members of the room have received the message already; members in
+    other processes may not have (delivery is at most once).
+    """
+
+
+class BroadcastTooLarge(WebSocketError, ValueError):
+    """The message is larger than the hub can carry (``max_broadcast_size``)."""
+
+
+def check_room(room: Any) -> str:
+    """Return ``room`` if it is a valid room name, else raise with the rule broken."""
+    if not isinstance(room, str):
+        raise TypeError(f"a room name is a str, not {type(room).__name__}")
+    if not room:
+        raise ValueError("a room name cannot be empty")
+    if len(room.encode()) > MAX_ROOM_BYTES:
+        raise ValueError(f"room name too long: at most {MAX_ROOM_BYTES} bytes of UTF-8")
+    if any(ord(char) < 32 or ord(char) == 127 for char in room):
+        raise ValueError(f"room name {room!r} contains control characters")
+    return room
+
+
+def new_node_id() -> str:
+    """A random id for one process's registry: the prefix of its connection ids."""
+    return os.urandom(6).hex()
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A broadcast in transit between processes.
+
+    ``kind`` says who receives it: everyone (``KIND_ALL``), one room
+    (``KIND_ROOM``, ``target`` is the room) or one connection
+    (``KIND_DIRECT``, ``target`` is its id). ``skip`` is a connection id
+    that must not receive it. ``origin`` is the node id of the sender's
+    process (it has delivered locally already).
+    """
+
+    kind: int
+    opcode: int
+    payload: bytes
+    target: str = ""
+    skip: str = ""
+    origin: str = ""
+
+    def encode(self) -> bytes:
+        """The envelope as bytes, for sockets and Redis."""
+        target, skip, origin = self.target.encode(), self.skip.encode(), self.origin.encode()
+        header = _HEADER.pack(_VERSION, self.kind, self.opcode, len(target), len(skip), len(origin))
+        return b"".join((header, target, skip, origin, self.payload))
+
+    @classmethod
+    def decode(cls, data: bytes) -> Envelope:
+        """Parse :meth:`encode`'s output; ``ValueError`` if it is not one."""
+        if len(data) < _HEADER.size:
+            raise ValueError("envelope too short")
+        version, kind, opcode, target_len, skip_len, origin_len = _HEADER.unpack_from(data)
+        if version != _VERSION or kind not in (KIND_ALL, KIND_ROOM, KIND_DIRECT):
+            raise ValueError(f"unknown envelope version {version} or kind {kind}")
+        if opcode not in (0x1, 0x2):
+            raise ValueError(f"envelope with opcode {opcode}")
+        position = _HEADER.size
+        fields = []
+        for length in (target_len, skip_len, origin_len):
+            fields.append(data[position : position + length].decode())
+            position += length
+        if position > len(data):
+            raise ValueError("truncated envelope")
+        return cls(kind, opcode, bytes(data[position:]), *fields)
+
+
+class Hub(abc.ABC):
+    """Carries broadcasts and presence between the processes of one app.
+
+    The registry delivers to local connections; the hub reaches the others.
+    Subclasses implement the hooks; the public methods are the same for all.
+    """
+
+    #: URL scheme (``memory``, ``local``, ``redis``).
+    scheme: str = ""
+    #: Largest payload this hub carries, in bytes (``None``: no limit of its own).
+    max_payload: Optional[int] = None
+
+    def __init__(self, registry: RoomRegistry, options: Optional[Mapping[str, Any]] = None) -> None:
+        self.registry = registry
+        self.options: Dict[str, Any] = dict(options or {})
+        self._started = False
+
+    # -- public ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin listening for other processes' broadcasts (idempotent)."""
+        if not self._started:
+            self._started = True
+            self._start()
+
+    def stop(self) -> None:
+        """Stop listening and release sockets and connections (idempotent)."""
+        if self._started:
+            self._started = False
+            self._stop()
+
+    def publish(self, envelope: Envelope) -> None:
+        """Deliver ``envelope`` here, then hand it to the other processes.
+
+        Raises:
+            BroadcastTooLarge: the payload is over this hub's limit.
+            HubError: the other processes could not be reached (local
+                members got the message).
+        """
+        if self.max_payload is not None and len(envelope.payload) > self.max_payload:
+            raise BroadcastTooLarge(
+                f"a {len(envelope.payload)}-byte broadcast is over the {self.scheme} hub's "
+                f"limit of {self.max_payload} bytes"
+            )
+        self.start()
+        self.registry.deliver(envelope)
+        self._publish(envelope)
+
+    def members(self, room: str) -> List[str]:
+        """Ids of the connections in ``room`` in every process, sorted."""
+        check_room(room)
+        self.start()
+        local = set(self.registry.local_members(room))
+        return sorted(local.union(self._remote_members(room)))
+
+    def receive(self, data: bytes) -> None:
+        """Deliver an envelope that came from another process (for ``_start``'s listener)."""
+        try:
+            envelope = Envelope.decode(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            logger.warning("dropping a malformed hub message (%s)", exc)
+            return
+        if envelope.origin == self.registry.node_id:
+            return  # delivered locally when it was published
+        self.registry.deliver(envelope)
+
+    # -- hooks ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _start(self) -> None:
+        """Start listening (spawn the listener task)."""
+
+    @abc.abstractmethod
+    def _stop(self) -> None:
+        """Stop listening."""
+
+    @abc.abstractmethod
+    def _publish(self, envelope: Envelope) -> None:
+        """Send ``envelope`` to every other process; raise :class:`HubError` if not."""
+
+    def _room_joined(self, room: str) -> None:  # noqa: B027 - optional hook
+        """The first local connection joined ``room``."""
+
+    def _room_left(self, room: str) -> None:  # noqa: B027 - optional hook
+        """The last local connection left ``room``."""
+
+    @abc.abstractmethod
+    def _remote_members(self, room: str) -> List[str]:
+        """Ids of the members of ``room`` in the other processes."""

@@ -1,0 +1,117 @@
+"""Who is connected, and in which rooms, in this process.
+
+One :class:`RoomRegistry` per process (per app). Connections add themselves
+when they are accepted and remove themselves when they close, however they
+close, leaving all their rooms. :meth:`RoomRegistry.deliver` is the local end
+of every broadcast: it frames the message once and offers the same bytes to
+each member, never waiting on any of them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import TYPE_CHECKING, Dict, List, Optional, Set
+
+from .exceptions import SendQueueFull
+from .hubs.base import KIND_DIRECT, KIND_ROOM, Envelope, check_room, new_node_id
+from .protocol import encode_frame
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .connection import WebSocketConnection
+    from .hubs.base import Hub
+
+__all__ = ["RoomRegistry"]
+
+logger = logging.getLogger("flask_websocket.rooms")
+
+
+class RoomRegistry:
+    """The connections of this process and their rooms."""
+
+    def __init__(self, node_id: Optional[str] = None) -> None:
+        #: Prefix of this process's connection ids: unique across the cluster.
+        self.node_id = node_id or new_node_id()
+        self._ids = itertools.count(1)
+        #: Every open connection of this process.
+        self.connections: Set[WebSocketConnection] = set()
+        self._by_id: Dict[str, WebSocketConnection] = {}
+        self._rooms: Dict[str, Set[WebSocketConnection]] = {}
+        #: The hub told when a room gets its first or loses its last member here.
+        self.hub: Optional[Hub] = None
+
+    def new_id(self, connection: WebSocketConnection) -> str:
+        """Give ``connection`` an id (``<node>.<n>``) and index it by that id."""
+        connection_id = f"{self.node_id}.{next(self._ids):x}"
+        self._by_id[connection_id] = connection
+        return connection_id
+
+    def add(self, connection: WebSocketConnection) -> None:
+        """Register an accepted connection."""
+        self.connections.add(connection)
+
+    def remove(self, connection: WebSocketConnection) -> None:
+        """Forget a closed connection and take it out of all its rooms."""
+        self.connections.discard(connection)
+        for room in connection.rooms:
+            self.leave(connection, room)
+        connection_id = connection.assigned_id
+        if connection_id is not None:
+            self._by_id.pop(connection_id, None)
+
+    def join(self, connection: WebSocketConnection, room: str) -> None:
+        """Put ``connection`` in ``room`` (validated)."""
+        check_room(room)
+        members = self._rooms.get(room)
+        if members is None:
+            members = self._rooms[room] = set()
+            if self.hub is not None:
+                self.hub._room_joined(room)
+        members.add(connection)
+
+    def leave(self, connection: WebSocketConnection, room: str) -> None:
+        """Take ``connection`` out of ``room`` (no-op if it was not in it)."""
+        members = self._rooms.get(room)
+        if members is None:
+            return
+        members.discard(connection)
+        if not members:
+            del self._rooms[room]
+            if self.hub is not None:
+                self.hub._room_left(room)
+
+    def rooms(self) -> List[str]:
+        """Rooms with at least one member in this process."""
+        return list(self._rooms)
+
+    def local_members(self, room: str) -> List[str]:
+        """Ids of this process's members of ``room``."""
+        return [connection.id for connection in self._rooms.get(room, ())]
+
+    def deliver(self, envelope: Envelope) -> int:
+        """Offer the envelope's message to its local recipients; how many took it."""
+        if envelope.kind == KIND_DIRECT:
+            target = self._by_id.get(envelope.target)
+            recipients = [target] if target is not None else []
+        elif envelope.kind == KIND_ROOM:
+            recipients = list(self._rooms.get(envelope.target, ()))
+        else:
+            recipients = list(self.connections)
+        if not recipients:
+            return 0
+        frame = encode_frame(envelope.opcode, envelope.payload)  # once for all members
+        skip = envelope.skip
+        delivered = 0
+        for connection in recipients:
+            if skip and connection.assigned_id == skip:
+                continue
+            try:
+                if connection.offer_frame(frame):
+                    delivered += 1
+            except SendQueueFull:
+                logger.warning(
+                    "dropped a broadcast for %r: its send queue is full "
+                    "(WEBSOCKET_SEND_QUEUE_OVERFLOW = 'raise')",
+                    connection,
+                )
+        return delivered
