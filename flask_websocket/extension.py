@@ -73,6 +73,7 @@ class _Route:
 
 
 _DEFAULT: Any = object()
+_LINUX = sys.platform.startswith("linux")
 
 
 class _State:
@@ -103,15 +104,17 @@ class _State:
         """
         if self._hub is None or self._hub_pid != os.getpid():
             config = self.app.config
-            url = config["WEBSOCKET_HUB_URL"] or (
-                "local://" if transport.worker_count() > 1 else "memory://"
-            )
+            # The local hub by default, even for one worker: it costs a socket
+            # and an idle greenlet, and lets other processes on the host (more
+            # workers, a `flask` CLI command) broadcast to this one.
+            url = config["WEBSOCKET_HUB_URL"] or ("local://" if _LINUX else "memory://")
             options = dict(config["WEBSOCKET_HUB_OPTIONS"] or {})
             options.setdefault("name", self.app.import_name)
             registry = RoomRegistry()
             hub = create_hub(url, registry, options)
             registry.hub = hub
             self._hub, self._hub_pid = hub, os.getpid()
+            hub.start()  # listen now: this process holds (or is about to hold) members
         return self._hub
 
     @property

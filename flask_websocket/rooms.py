@@ -63,22 +63,34 @@ class RoomRegistry:
         """Put ``connection`` in ``room`` (validated)."""
         check_room(room)
         members = self._rooms.get(room)
+        new_room = members is None
         if members is None:
             members = self._rooms[room] = set()
-            if self.hub is not None:
-                self.hub._room_joined(room)
-        members.add(connection)
+        if connection in members:
+            return
+        members.add(connection)  # before the hooks: they may wait (redis: SUBSCRIBE)
+        hub = self.hub
+        if hub is not None:
+            if new_room:
+                hub._room_joined(room)
+            hub._member_joined(room, connection.id)
+            if connection not in self.connections:
+                # Closed while a hook waited: remove() did not see this room yet.
+                self.leave(connection, room)
 
     def leave(self, connection: WebSocketConnection, room: str) -> None:
         """Take ``connection`` out of ``room`` (no-op if it was not in it)."""
         members = self._rooms.get(room)
-        if members is None:
+        if members is None or connection not in members:
             return
         members.discard(connection)
+        hub = self.hub
         if not members:
             del self._rooms[room]
-            if self.hub is not None:
-                self.hub._room_left(room)
+            if hub is not None:
+                hub._room_left(room)
+        if hub is not None and connection.assigned_id is not None:
+            hub._member_left(room, connection.assigned_id)
 
     def rooms(self) -> List[str]:
         """Rooms with at least one member in this process."""

@@ -9,7 +9,9 @@ and writes the same bytes to each local member.
 Hooks a hub implements (see :class:`Hub`): :meth:`Hub._publish` sends an
 envelope to the other processes, :meth:`Hub._start` begins listening for
 theirs, :meth:`Hub._room_joined` / :meth:`Hub._room_left` follow which rooms
-have local members (the redis hub subscribes per room), and
+have local members (the redis hub subscribes per room),
+:meth:`Hub._member_joined` / :meth:`Hub._member_left` follow each
+connection's joins and leaves (the redis hub records presence in Redis), and
 :meth:`Hub._remote_members` answers presence.
 """
 
@@ -210,7 +212,17 @@ class Hub(abc.ABC):
         """The first local connection joined ``room``."""
 
     def _room_left(self, room: str) -> None:  # noqa: B027 - optional hook
-        """The last local connection left ``room``."""
+        """The last local connection left ``room`` (may run in the event loop: no waiting)."""
+
+    def _member_joined(self, room: str, connection_id: str) -> None:  # noqa: B027 - optional hook
+        """A local connection joined ``room`` (called for every join, after ``_room_joined``)."""
+
+    def _member_left(self, room: str, connection_id: str) -> None:  # noqa: B027 - optional hook
+        """A local connection left ``room``, or closed while in it.
+
+        May be called from the event loop (a connection torn down by a timer
+        or a lost socket): it must not wait for I/O.
+        """
 
     @abc.abstractmethod
     def _remote_members(self, room: str) -> List[str]:

@@ -40,6 +40,7 @@ MAX_DATAGRAM = 192 * 1024
 _ENVELOPE = b"E"
 _QUERY = b"Q"
 _ANSWER = b"A"
+_HELLO = b"H"  # a new listener: peers refresh their list of addresses
 _QUERY_HEAD = struct.Struct("!I")  # request id
 
 
@@ -92,6 +93,7 @@ class LocalHub(Hub):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
         self._socket = sock
         self._listener = spawn(self._listen)
+        self._send_to_peers(_HELLO, quiet=True)
 
     def _stop(self) -> None:
         if self._listener is not None:
@@ -208,6 +210,8 @@ class LocalHub(Hub):
             answer = _ANSWER + _QUERY_HEAD.pack(query_id) + members
             with contextlib.suppress(OSError):  # the asker may be gone
                 self._send_to(reply_to, answer)
+        elif kind == _HELLO:
+            self._peers_seen_at = 0.0  # list the peers again at the next send
         elif kind == _ANSWER:
             (query_id,) = _QUERY_HEAD.unpack_from(body)
             waiting = self._queries.get(query_id)

@@ -1,0 +1,717 @@
+"""The redis hub: many hosts, over Redis pub/sub (``redis://``, ``rediss://``, ``unix://``).
+
+Every process subscribes, on one Redis connection of its own, to three kinds
+of channel (names under the hub's ``prefix``, ``flask-websocket:<app>:`` by
+default)::
+
+    <prefix>all               broadcasts to every connection
+    <prefix>room:<room>       broadcasts to one room: subscribed while the
+                              process has a member in it
+    <prefix>node:<node id>    send_to(): a connection id is "<node id>.<n>"
+
+A broadcast is published once, as a binary :class:`~.base.Envelope`, to the
+narrowest channel that reaches its recipients. A listener greenlet reads the
+subscription and hands each envelope to the local registry.
+
+Delivery is at most once. While Redis is unreachable, ``publish`` raises
+:class:`~.base.HubError` after the local members got the message, and
+messages for this process published meanwhile are lost: the listener
+reconnects with capped exponential backoff (0.1 s doubling to 5 s, with
+jitter) and subscribes again to every channel it needs. One WARNING is logged
+per outage, one INFO when Redis is back.
+
+Presence lives in Redis too::
+
+    <prefix>members:<room>       hash: connection id -> node id
+    <prefix>node:<node>:alive    "1", expires after ``presence_ttl``; refreshed
+                                 every ``presence_ttl / 3`` by a heartbeat
+    <prefix>node:<node>:entries  set of "<connection id>\\n<room>" of the node,
+                                 to clean up after a node that died
+    <prefix>nodes                set of node ids, for that clean-up
+
+``members(room)`` keeps the hash entries whose node is alive and deletes the
+others, so the entries of a killed worker disappear ``presence_ttl`` after it
+died. Each heartbeat also removes every entry of at most a few dead nodes,
+so rooms nobody asks about do not keep them forever. A node that finds its
+own ``alive`` key gone (a Redis restart, a pause longer than the TTL) writes
+all its entries again.
+
+redis-py does blocking socket I/O: under uWSGI it is cooperative only when
+gevent has patched the standard library (``--gevent-early-monkey-patch``,
+which ``flask websocket run`` passes).
+
+The channel and key names are module functions, shared with
+:class:`flask_websocket.emitter.RedisEmitter`; this module imports gevent
+only inside the hub's methods, so the emitter works without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Set, Tuple
+from urllib.parse import urlsplit, urlunsplit
+
+from ..exceptions import ConfigurationError
+from .base import KIND_ALL, KIND_DIRECT, KIND_ROOM, Envelope, Hub, HubError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import redis
+
+    from ..rooms import RoomRegistry
+
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD",
+    "RedisHub",
+    "alive_key",
+    "channel_all",
+    "channel_for",
+    "channel_node",
+    "channel_room",
+    "default_prefix",
+    "entries_key",
+    "live_members",
+    "members_key",
+    "nodes_key",
+    "redis_client",
+    "safe_url",
+]
+
+logger = logging.getLogger("flask_websocket.hubs")
+
+#: Largest broadcast payload, in bytes, unless the ``max_payload`` option says otherwise.
+DEFAULT_MAX_PAYLOAD = 2**20
+#: Reconnection backoff of the listener: first and longest wait, in seconds.
+BACKOFF_MIN = 0.1
+BACKOFF_MAX = 5.0
+#: Longest wait in ``join`` for Redis to confirm a new room's subscription.
+SUBSCRIBE_WAIT = 2.0
+#: Dead nodes whose entries one heartbeat removes, at most.
+GC_NODES_PER_BEAT = 10
+
+# -- names shared with the emitter -------------------------------------------
+
+
+def default_prefix(name: str) -> str:
+    """The channel and key prefix of the app called ``name`` (its import name)."""
+    return f"flask-websocket:{name}:"
+
+
+def channel_all(prefix: str) -> str:
+    """The channel of broadcasts to every connection."""
+    return f"{prefix}all"
+
+
+def channel_room(prefix: str, room: str) -> str:
+    """The channel of broadcasts to ``room``."""
+    return f"{prefix}room:{room}"
+
+
+def channel_node(prefix: str, node_id: str) -> str:
+    """The channel of messages for connections of the process ``node_id``."""
+    return f"{prefix}node:{node_id}"
+
+
+def channel_for(prefix: str, envelope: Envelope) -> str:
+    """The channel that reaches the recipients of ``envelope``."""
+    if envelope.kind == KIND_ROOM:
+        return channel_room(prefix, envelope.target)
+    if envelope.kind == KIND_DIRECT:
+        return channel_node(prefix, envelope.target.split(".")[0])
+    return channel_all(prefix)
+
+
+def members_key(prefix: str, room: str) -> str:
+    """The hash of ``room``'s members: connection id -> node id."""
+    return f"{prefix}members:{room}"
+
+
+def alive_key(prefix: str, node_id: str) -> str:
+    """The key that exists while the process ``node_id`` is alive."""
+    return f"{prefix}node:{node_id}:alive"
+
+
+def entries_key(prefix: str, node_id: str) -> str:
+    """The set of ``"<connection id>\\n<room>"`` entries the process ``node_id`` wrote."""
+    return f"{prefix}node:{node_id}:entries"
+
+
+def nodes_key(prefix: str) -> str:
+    """The set of node ids that wrote presence entries."""
+    return f"{prefix}nodes"
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def redis_client(
+    url: str, options: Optional[Mapping[str, Any]] = None, *, retries: int = 1
+) -> redis.Redis:
+    """A redis-py client for ``url`` with the hub's defaults.
+
+    RESP2 (any Redis server), 5 s connect and socket timeouts, TCP
+    keepalive, and at most ``retries`` immediate retries (redis-py's own
+    default retries for seconds: too long for a broadcast). ``options``
+    (``redis_options``) are passed to :meth:`redis.Redis.from_url` last.
+    """
+    try:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+    except ImportError as exc:
+        raise ConfigurationError(
+            "the redis hub needs redis-py: pip install 'Flask-WebSocket[redis]'"
+        ) from exc
+    kwargs: Dict[str, Any] = {
+        "protocol": 2,
+        "socket_timeout": 5.0,
+        "socket_connect_timeout": 5.0,
+        "retry": Retry(NoBackoff(), retries),
+    }
+    if urlsplit(url).scheme in ("redis", "rediss"):
+        kwargs["socket_keepalive"] = True
+    kwargs.update(options or {})
+    return redis.Redis.from_url(url, **kwargs)
+
+
+def live_members(
+    client: redis.Redis, prefix: str, room: str, exclude_node: Optional[str] = None
+) -> List[str]:
+    """Ids of ``room``'s members whose process is alive, sorted.
+
+    Entries of dead processes are deleted on the way. ``exclude_node``
+    leaves out one process's members (the caller's, who knows its own).
+    """
+    key = members_key(prefix, room)
+    entries = {
+        _text(connection_id): _text(node) for connection_id, node in client.hgetall(key).items()
+    }
+    nodes = sorted(set(entries.values()) - {exclude_node})
+    if not nodes:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for node in nodes:
+        pipe.exists(alive_key(prefix, node))
+    dead = {node for node, alive in zip(nodes, pipe.execute()) if not alive}
+    if dead:
+        client.hdel(key, *[cid for cid, node in entries.items() if node in dead])
+    return sorted(
+        cid for cid, node in entries.items() if node not in dead and node != exclude_node
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _entry(connection_id: str, room: str) -> str:
+    return f"{connection_id}\n{room}"
+
+
+# -- the hub -----------------------------------------------------------------
+
+
+class RedisHub(Hub):
+    """Rooms, broadcast and presence across hosts, over Redis (``redis://``).
+
+    Options (``WEBSOCKET_HUB_OPTIONS``):
+
+    ``url``
+        the Redis URL (``WEBSOCKET_HUB_URL``): ``redis://[:password@]host:port/db``,
+        ``rediss://`` (TLS) or ``unix:///path/redis.sock?db=0``.
+    ``name``
+        the app's name (default: its import name); apps with the same name
+        on the same Redis share broadcasts.
+    ``prefix``
+        prefix of every channel and key (default ``flask-websocket:<name>:``).
+    ``max_payload``
+        largest broadcast, in bytes (default 1 MiB).
+    ``health_check_interval``
+        seconds of silence after which the listener PINGs Redis; no answer
+        within as long again and it reconnects (default 10).
+    ``presence_ttl``
+        seconds after which the members of a process that stopped its
+        heartbeat (it died) no longer count (default 30).
+    ``redis_options``
+        more keyword arguments for :meth:`redis.Redis.from_url`.
+    """
+
+    scheme = "redis"
+
+    def __init__(
+        self, registry: RoomRegistry, options: Optional[Mapping[str, Any]] = None
+    ) -> None:
+        super().__init__(registry, options)
+        url = self.options.get("url")
+        if not url or not isinstance(url, str):
+            raise ValueError("the redis hub needs a url: WEBSOCKET_HUB_URL = 'redis://host:6379/0'")
+        self.url = url
+        name = str(self.options.get("name") or "app")
+        self.prefix = str(self.options.get("prefix") or default_prefix(name))
+        self.max_payload = int(self.options.get("max_payload", DEFAULT_MAX_PAYLOAD))
+        self.health_check_interval = float(self.options.get("health_check_interval", 10.0))
+        self.presence_ttl = float(self.options.get("presence_ttl", 30.0))
+        self.redis_options: Dict[str, Any] = dict(self.options.get("redis_options") or {})
+        for option in ("max_payload", "health_check_interval", "presence_ttl"):
+            if getattr(self, option) <= 0:
+                raise ValueError(f"redis hub option {option} must be positive")
+        self.node_id = registry.node_id
+        self._client: Optional[redis.Redis] = None  # publish and presence
+        self._pubsub_client: Optional[redis.Redis] = None
+        self._pubsub: Any = None  # the listener's redis.client.PubSub, while it has one
+        self._listener: Any = None
+        self._maintainer: Any = None
+        self._running = False
+        self._lock: Any = None  # gevent lock: changes of the subscription
+        self._wake: Any = None  # gevent Event: the maintainer has work
+        self._confirmed_event: Any = None  # gevent Event, replaced each time it is set
+        #: Channels sent in SUBSCRIBE on the current connection / confirmed by Redis.
+        self._subscribed: Set[str] = set()
+        self._confirmed: Set[str] = set()
+        self._connected = False
+        self._outage_since: Optional[float] = None
+        self._backoff = BACKOFF_MIN
+        #: (room, connection id) pairs whose presence entry must be written or deleted.
+        self._dirty: Dict[Tuple[str, str], None] = {}
+        self._resync = True
+        self._presence_failing = False
+
+    @property
+    def connected(self) -> bool:
+        """True while the listener is subscribed (Redis confirmed it)."""
+        return self._connected
+
+    # -- hooks -----------------------------------------------------------------
+
+    def _start(self) -> None:
+        try:
+            import gevent
+            import gevent.event
+            import gevent.lock
+            from gevent import monkey
+        except ImportError as exc:  # pragma: no cover - gevent is a dependency
+            raise ConfigurationError("the redis hub needs gevent: pip install gevent") from exc
+        if not monkey.is_module_patched("socket"):
+            self._started = False  # start() may be called again once fixed
+            raise ConfigurationError(
+                "the redis hub needs the standard library patched by gevent before redis-py "
+                "is used (otherwise every Redis call blocks the whole worker): start uWSGI "
+                "with --gevent-early-monkey-patch (`flask websocket run` passes it), or "
+                "call gevent.monkey.patch_all() first in other processes; to publish from "
+                "a process without gevent, use flask_websocket.emitter.RedisEmitter"
+            )
+        self._client = redis_client(self.url, self.redis_options, retries=1)
+        self._pubsub_client = redis_client(self.url, self.redis_options, retries=0)
+        self._lock = gevent.lock.RLock()
+        self._wake = gevent.event.Event()
+        self._confirmed_event = gevent.event.Event()
+        self._running = True
+        self._resync = True
+        self._backoff = BACKOFF_MIN
+        self._listener = gevent.spawn(self._listen)
+        self._maintainer = gevent.spawn(self._maintain)
+
+    def _stop(self) -> None:
+        self._running = False
+        can_block = _can_block()
+        for greenlet in (self._listener, self._maintainer):
+            if greenlet is not None:
+                greenlet.kill(block=can_block, timeout=2.0)
+        self._listener = self._maintainer = None
+        pubsub, self._pubsub = self._pubsub, None
+        self._connected = False
+        self._notify_confirmed()
+        if pubsub is not None:
+            _close_quietly(pubsub)
+        if can_block and self._client is not None:
+            try:
+                self._remove_own_presence()
+            except Exception as exc:  # best effort: the entries expire anyway
+                logger.debug("redis hub: could not remove presence entries (%s)", exc)
+        for client in (self._client, self._pubsub_client):
+            if client is not None:
+                _close_quietly(client)
+        self._client = self._pubsub_client = None
+        self._subscribed.clear()
+        self._confirmed.clear()
+        self._resync = True
+
+    def _publish(self, envelope: Envelope) -> None:
+        if envelope.kind == KIND_DIRECT and envelope.target.split(".")[0] == self.node_id:
+            return  # a connection of this process: delivered already
+        channel = channel_for(self.prefix, envelope)
+        assert self._client is not None  # publish() started the hub
+        try:
+            self._client.publish(channel, envelope.encode())
+        except Exception as exc:
+            if not _is_redis_error(exc):
+                raise
+            raise HubError(
+                f"redis hub: could not publish to {channel!r} on {safe_url(self.url)} ({exc}); "
+                "members in this process got the message, members in other processes did not"
+            ) from exc
+
+    def _remote_members(self, room: str) -> List[str]:
+        assert self._client is not None  # members() started the hub
+        try:
+            return live_members(self._client, self.prefix, room, exclude_node=self.node_id)
+        except Exception as exc:
+            if not _is_redis_error(exc):
+                raise
+            raise HubError(
+                f"redis hub: could not read the members of {room!r} on "
+                f"{safe_url(self.url)} ({exc})"
+            ) from exc
+
+    def _room_joined(self, room: str) -> None:
+        if not self._running:
+            return  # start() subscribes to every room with members
+        if not _can_block():
+            self._wake.set()  # the maintainer subscribes
+            return
+        self._sync_subscriptions()
+        self._wait_confirmed(channel_room(self.prefix, room), SUBSCRIBE_WAIT)
+
+    def _room_left(self, room: str) -> None:
+        if self._running:
+            self._wake.set()  # the maintainer unsubscribes: this may run in the event loop
+
+    def _member_joined(self, room: str, connection_id: str) -> None:
+        self._dirty[(room, connection_id)] = None
+        if not self._running:
+            return
+        if _can_block() and self._connected and not self._presence_failing:
+            try:
+                self._flush_presence()  # visible to every process when join() returns
+                return
+            except Exception as exc:
+                if not _is_redis_error(exc):
+                    raise
+                self._presence_failed(exc)
+        if self._connected:
+            self._wake.set()
+
+    def _member_left(self, room: str, connection_id: str) -> None:
+        self._dirty[(room, connection_id)] = None
+        if self._running and self._connected:
+            self._wake.set()  # never waits here: this may run in the event loop
+
+    # -- subscription ------------------------------------------------------------
+
+    def _wanted_channels(self) -> Set[str]:
+        channels = {channel_all(self.prefix), channel_node(self.prefix, self.node_id)}
+        channels.update(channel_room(self.prefix, room) for room in self.registry.rooms())
+        return channels
+
+    def _sync_subscriptions(self) -> None:
+        """Subscribe to the rooms that got members here, unsubscribe from the others."""
+        with self._lock:
+            pubsub = self._pubsub
+            if pubsub is None:
+                return  # the listener subscribes to everything when it connects
+            wanted = self._wanted_channels()
+            add = wanted - self._subscribed
+            remove = self._subscribed - wanted
+            try:
+                if add:
+                    self._confirmed.difference_update(add)
+                    pubsub.subscribe(*sorted(add))
+                    self._subscribed.update(add)
+                if remove:
+                    pubsub.unsubscribe(*sorted(remove))
+                    self._subscribed.difference_update(remove)
+            except Exception as exc:
+                if not _is_redis_error(exc):
+                    raise
+                # The listener sees the broken connection too, and resubscribes.
+                logger.debug("redis hub: subscription change failed (%s)", exc)
+
+    def _wait_confirmed(self, channel: str, timeout: float) -> None:
+        """Wait until Redis confirmed ``channel``, the connection failed, or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self._running and channel not in self._confirmed and self._outage_since is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._confirmed_event.wait(remaining)
+
+    def _notify_confirmed(self) -> None:
+        event = self._confirmed_event
+        if event is not None:
+            import gevent.event
+
+            self._confirmed_event = gevent.event.Event()
+            event.set()
+
+    # -- the listener --------------------------------------------------------------
+
+    def _listen(self) -> None:
+        import gevent
+
+        assert self._pubsub_client is not None
+        while self._running:
+            pubsub = self._pubsub_client.pubsub()
+            try:
+                with self._lock:
+                    self._pubsub = pubsub
+                    self._subscribed, self._confirmed = set(), set()
+                    wanted = self._wanted_channels()
+                    pubsub.subscribe(*sorted(wanted))
+                    self._subscribed = wanted
+                self._read(pubsub)
+            except Exception as exc:
+                if self._running:
+                    if _is_redis_error(exc):
+                        self._connection_failed(exc)
+                    else:
+                        logger.exception("redis hub: listener error; reconnecting")
+            finally:
+                if self._pubsub is pubsub:
+                    self._pubsub = None
+                self._connected = False
+                self._notify_confirmed()
+                _close_quietly(pubsub)
+            if not self._running:
+                break
+            delay = random.uniform(self._backoff / 2, self._backoff)
+            self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+            gevent.sleep(delay)
+
+    def _read(self, pubsub: Any) -> None:
+        """Hand every message to the registry until the connection breaks or the hub stops."""
+        interval = self.health_check_interval
+        heard_at = time.monotonic()
+        pinged_at: Optional[float] = None
+        while self._running:
+            message = pubsub.get_message(timeout=interval)
+            now = time.monotonic()
+            if message is None:
+                if pinged_at is not None and now - pinged_at >= interval:
+                    from redis.exceptions import ConnectionError as RedisConnectionError
+
+                    raise RedisConnectionError(
+                        f"no answer from Redis for {now - heard_at:.1f} s (health check)"
+                    )
+                if pinged_at is None and now - heard_at >= interval:
+                    pubsub.ping()
+                    pinged_at = now
+                continue
+            heard_at, pinged_at = now, None
+            kind = message["type"]
+            if kind == "message":
+                try:
+                    self.receive(message["data"])
+                except Exception:  # one bad message must not stop the listener
+                    logger.exception("redis hub: error delivering a message")
+            elif kind == "subscribe":
+                self._confirmed.add(_text(message["channel"]))
+                if not self._connected:
+                    self._connection_made()
+                self._notify_confirmed()
+            elif kind == "unsubscribe":
+                self._confirmed.discard(_text(message["channel"]))
+
+    def _connection_made(self) -> None:
+        self._connected = True
+        self._backoff = BACKOFF_MIN
+        self._resync = True  # Redis may have restarted empty: write presence again
+        self._wake.set()  # and apply room changes made while disconnected
+        if self._outage_since is not None:
+            logger.info(
+                "redis hub: Redis at %s is back after %.1f s; listening again",
+                safe_url(self.url),
+                time.monotonic() - self._outage_since,
+            )
+            self._outage_since = None
+
+    def _connection_failed(self, exc: BaseException) -> None:
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            logger.warning(
+                "redis hub: lost the connection to Redis at %s (%s); broadcasts from other "
+                "processes are lost until it is back; reconnecting",
+                safe_url(self.url),
+                exc,
+            )
+        else:
+            logger.debug("redis hub: reconnection failed (%s)", exc)
+
+    # -- presence ------------------------------------------------------------------
+
+    def _maintain(self) -> None:
+        """Heartbeat, presence writes and subscription changes that must not run in the loop."""
+        import gevent
+
+        interval = self.presence_ttl / 3
+        next_beat = 0.0
+        failures = 0
+        while self._running:
+            self._wake.clear()
+            try:
+                if time.monotonic() >= next_beat:
+                    self._heartbeat()
+                    next_beat = time.monotonic() + interval
+                if self._resync:
+                    self._resync = False
+                    try:
+                        self._resync_presence()
+                    except BaseException:
+                        self._resync = True
+                        raise
+                self._flush_presence()
+                self._sync_subscriptions()
+            except Exception as exc:
+                if not _is_redis_error(exc):
+                    logger.exception("redis hub: presence error")
+                else:
+                    self._presence_failed(exc)
+                failures += 1
+                backoff = min(BACKOFF_MIN * 2**failures, BACKOFF_MAX, interval)
+                gevent.sleep(random.uniform(backoff / 2, backoff))
+                continue
+            failures = 0
+            if self._presence_failing:
+                self._presence_failing = False
+                logger.info("redis hub: presence entries written again")
+            self._wake.wait(max(0.0, next_beat - time.monotonic()))
+
+    def _presence_failed(self, exc: BaseException) -> None:
+        if self._presence_failing:
+            return
+        self._presence_failing = True
+        # During an outage the listener has said it already.
+        level = logging.WARNING if self._outage_since is None else logging.DEBUG
+        logger.log(level, "redis hub: could not write presence entries (%s); retrying", exc)
+
+    def _ttl_ms(self) -> int:
+        return max(1, int(self.presence_ttl * 1000))
+
+    def _heartbeat(self) -> None:
+        """Say this process is alive; write everything again if Redis forgot; clean up the dead."""
+        assert self._client is not None
+        pipe = self._client.pipeline(transaction=False)
+        pipe.exists(alive_key(self.prefix, self.node_id))
+        pipe.set(alive_key(self.prefix, self.node_id), 1, px=self._ttl_ms())
+        pipe.sadd(nodes_key(self.prefix), self.node_id)
+        pipe.smembers(nodes_key(self.prefix))
+        existed, _, _, nodes = pipe.execute()
+        if not existed:
+            self._resync = True
+        self._collect_dead_nodes(sorted(_text(node) for node in nodes if _text(node) != self.node_id))
+
+    def _collect_dead_nodes(self, nodes: List[str]) -> None:
+        """Delete every presence entry of (a few of) the nodes whose alive key expired."""
+        if not nodes:
+            return
+        assert self._client is not None
+        pipe = self._client.pipeline(transaction=False)
+        for node in nodes:
+            pipe.exists(alive_key(self.prefix, node))
+        dead = [node for node, alive in zip(nodes, pipe.execute()) if not alive]
+        for node in dead[:GC_NODES_PER_BEAT]:
+            entries = self._client.smembers(entries_key(self.prefix, node))
+            pipe = self._client.pipeline(transaction=False)
+            for entry in entries:
+                connection_id, _, room = _text(entry).partition("\n")
+                pipe.hdel(members_key(self.prefix, room), connection_id)
+            pipe.delete(entries_key(self.prefix, node))
+            pipe.srem(nodes_key(self.prefix), node)
+            pipe.execute()
+            logger.debug("redis hub: removed %d entries of dead node %s", len(entries), node)
+
+    def _local_rooms(self) -> Dict[str, Set[str]]:
+        return {room: set(self.registry.local_members(room)) for room in self.registry.rooms()}
+
+    def _resync_presence(self) -> None:
+        """Make Redis hold exactly this process's members: after a restart, or at start."""
+        assert self._client is not None
+        local = self._local_rooms()
+        wanted = {_entry(cid, room) for room, members in local.items() for cid in members}
+        own = entries_key(self.prefix, self.node_id)
+        stale = {_text(entry) for entry in self._client.smembers(own)} - wanted
+        pipe = self._client.pipeline(transaction=False)
+        pipe.set(alive_key(self.prefix, self.node_id), 1, px=self._ttl_ms())
+        pipe.sadd(nodes_key(self.prefix), self.node_id)
+        for room, members in local.items():
+            if members:
+                pipe.hset(
+                    members_key(self.prefix, room),
+                    mapping=dict.fromkeys(sorted(members), self.node_id),
+                )
+        if wanted:
+            pipe.sadd(own, *sorted(wanted))
+        for entry in sorted(stale):
+            connection_id, _, room = entry.partition("\n")
+            pipe.hdel(members_key(self.prefix, room), connection_id)
+            pipe.srem(own, entry)
+        pipe.execute()
+
+    def _flush_presence(self) -> None:
+        """Write the joins and leaves noted since the last flush, as the registry is now."""
+        if not self._dirty:
+            return
+        assert self._client is not None
+        batch, self._dirty = self._dirty, {}
+        members: Dict[str, Set[str]] = {}
+        own = entries_key(self.prefix, self.node_id)
+        pipe = self._client.pipeline(transaction=False)
+        # Alive before the entries: others must not take them for a dead node's.
+        pipe.set(alive_key(self.prefix, self.node_id), 1, px=self._ttl_ms())
+        pipe.sadd(nodes_key(self.prefix), self.node_id)
+        for room, connection_id in batch:
+            if room not in members:
+                members[room] = set(self.registry.local_members(room))
+            key = members_key(self.prefix, room)
+            if connection_id in members[room]:
+                pipe.hset(key, connection_id, self.node_id)
+                pipe.sadd(own, _entry(connection_id, room))
+            else:
+                pipe.hdel(key, connection_id)
+                pipe.srem(own, _entry(connection_id, room))
+        try:
+            pipe.execute()
+        except BaseException:
+            for item in batch:  # written again, as the registry will be then
+                self._dirty.setdefault(item)
+            raise
+
+    def _remove_own_presence(self) -> None:
+        """Delete this process's entries and alive key (when it stops)."""
+        assert self._client is not None
+        own = entries_key(self.prefix, self.node_id)
+        entries = self._client.smembers(own)
+        pipe = self._client.pipeline(transaction=False)
+        for entry in entries:
+            connection_id, _, room = _text(entry).partition("\n")
+            pipe.hdel(members_key(self.prefix, room), connection_id)
+        pipe.delete(own, alive_key(self.prefix, self.node_id))
+        pipe.srem(nodes_key(self.prefix), self.node_id)
+        pipe.execute()
+
+
+def _can_block() -> bool:
+    """False in gevent's event loop (a watcher or timer callback), where waiting is fatal."""
+    from gevent import get_hub, getcurrent
+
+    return bool(getcurrent() is not get_hub())
+
+
+def _is_redis_error(exc: BaseException) -> bool:
+    from redis.exceptions import RedisError
+
+    return isinstance(exc, (RedisError, OSError))
+
+
+def _close_quietly(thing: Any) -> None:
+    try:
+        thing.close()
+    except Exception as exc:  # closing a broken connection may fail: it is gone anyway
+        logger.debug("redis hub: error while closing (%s)", exc)

@@ -1,0 +1,72 @@
+"""A test app for rooms and broadcast across workers (served by real uWSGI).
+
+Commands a client sends on ``/ws/<room>`` (after the server's ``id:...``):
+
+- ``all:<text>``      broadcast to every connection
+- ``room:<text>``     broadcast to this room, skipping the sender
+- ``to:<id>:<text>``  send to one connection
+- ``members``         reply with the room's members (JSON list)
+- ``nowait:<n>``      send n messages with send_nowait (overflow policy)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import click
+from flask import Flask, request
+
+from flask_websocket import WebSocket, WebSocketConnection
+
+app = Flask(__name__)
+if os.environ.get("FWS_HUB_URL"):
+    app.config["WEBSOCKET_HUB_URL"] = os.environ["FWS_HUB_URL"]
+if os.environ.get("FWS_SEND_QUEUE_SIZE"):
+    app.config["WEBSOCKET_SEND_QUEUE_SIZE"] = int(os.environ["FWS_SEND_QUEUE_SIZE"])
+if os.environ.get("FWS_OVERFLOW"):
+    app.config["WEBSOCKET_SEND_QUEUE_OVERFLOW"] = os.environ["FWS_OVERFLOW"]
+app.config["WEBSOCKET_HUB_OPTIONS"] = {"name": os.environ.get("FWS_HUB_NAME", "rooms-test")}
+websocket = WebSocket(app)
+
+
+@websocket.route("/ws/<room>")
+def member(ws: WebSocketConnection, room: str) -> None:
+    ws.join(room)
+    ws.send(f"id:{ws.id}:pid:{os.getpid()}")
+    for message in ws:
+        assert isinstance(message, str)
+        command, _, argument = message.partition(":")
+        if command == "all":
+            websocket.broadcast(argument)
+        elif command == "room":
+            websocket.broadcast(argument, room=room, skip=ws)
+        elif command == "to":
+            target, _, text = argument.partition(":")
+            websocket.send_to(target, text)
+        elif command == "members":
+            ws.send("members:" + json.dumps(websocket.members(room)))
+        elif command == "rooms":
+            ws.send("rooms:" + json.dumps(sorted(ws.rooms)))
+
+
+@app.post("/broadcast")
+def broadcast_view() -> str:
+    """Broadcast from a plain HTTP view."""
+    room = request.args.get("room") or None
+    websocket.broadcast(request.get_data(as_text=True), room=room)
+    return "sent"
+
+
+@app.get("/pid")
+def pid() -> str:
+    return str(os.getpid())
+
+
+@app.cli.command("shout")
+@click.argument("text")
+@click.option("--room", default=None)
+def shout(text: str, room: str) -> None:
+    """Broadcast from a flask CLI command (a separate process on the same host)."""
+    websocket.broadcast(text, room=room)
+    click.echo("sent")
