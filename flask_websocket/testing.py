@@ -174,6 +174,10 @@ class WebSocketTestClient:
     def __init__(self, app: Flask, *, timeout: float = 5.0) -> None:
         self.app = app
         self.timeout = timeout
+        # In-process connections share one process: the memory hub serves
+        # them, unless the app chose a hub itself.
+        if app.config.get("WEBSOCKET_HUB_URL") is None:
+            app.config["WEBSOCKET_HUB_URL"] = "memory://"
 
     def connect(
         self,

@@ -49,7 +49,9 @@ class LocalHub(Hub):
 
     Options (``WEBSOCKET_HUB_OPTIONS``): ``name`` (default: the app's import
     name; processes with the same name share broadcasts), ``presence_timeout``
-    (seconds to wait for peers' presence answers, default 0.5).
+    (seconds to wait for peers' presence answers, default 0.5), ``send_timeout``
+    (seconds a broadcast waits for a peer whose queue is full before
+    :class:`HubError` names it, default 1.0).
     """
 
     scheme = "local"
@@ -66,6 +68,7 @@ class LocalHub(Hub):
         worker = transport.worker_id()
         self.address = "\0" + self.group + f"w{worker or 0}-{os.getpid()}-{registry.node_id}"
         self.presence_timeout = float(self.options.get("presence_timeout", 0.5))
+        self.send_timeout = float(self.options.get("send_timeout", 1.0))
         self._socket: Any = None
         self._listener: Any = None
         self._peers: Dict[str, Any] = {}  # address -> connected socket
@@ -108,7 +111,7 @@ class LocalHub(Hub):
             self._socket = None
 
     def _publish(self, envelope: Envelope) -> None:
-        self._send_to_peers(_ENVELOPE + envelope.encode())
+        self._send_to_peers(_ENVELOPE + envelope.encode(), timeout=self.send_timeout)
 
     def _remote_members(self, room: str) -> List[str]:
         from gevent.event import Event
@@ -149,17 +152,18 @@ class LocalHub(Hub):
                 self._peers[address] = None  # connected lazily
         return list(self._peers)
 
-    def _send_to_peers(self, data: bytes, quiet: bool = False) -> None:
+    def _send_to_peers(self, data: bytes, timeout: float = 0.0, quiet: bool = False) -> None:
         failed = []
         for address in self._peer_addresses():
             try:
-                self._send_to(address, data)
+                self._send_to(address, data, timeout)
             except OSError as exc:
                 failed.append(f"{address[1:]}: {exc}")
         if failed and not quiet:
             raise HubError("local hub: could not reach " + "; ".join(failed))
 
-    def _send_to(self, address: str, data: bytes) -> None:
+    def _send_to(self, address: str, data: bytes, timeout: float = 0.0) -> None:
+        """Send one datagram, waiting at most ``timeout`` s for room in the peer's queue."""
         from gevent import socket as gsocket
 
         peer = self._peers.get(address)
@@ -173,8 +177,11 @@ class LocalHub(Hub):
                 self._peers_seen_at = 0.0
                 raise
             self._peers[address] = peer
+        peer.settimeout(timeout)
         try:
             peer.send(data)  # waits (cooperatively) while the peer's queue is full
+        except TimeoutError:
+            raise  # alive but not reading (busy or stuck): keep it, report it
         except OSError:
             peer.close()
             self._peers.pop(address, None)
