@@ -387,6 +387,11 @@ class WebSocketConnection:
                     f"(WEBSOCKET_SEND_QUEUE_SIZE is {self._options.send_queue_size})"
                 )
             if policy == "disconnect":
+                logger.warning(
+                    "closing %r with 1013: send queue full (%d bytes waiting for a slow peer)",
+                    self,
+                    queued,
+                )
                 self._drop_queued_frames(everything=True)
                 self._protocol.fail(
                     CloseCode.TRY_AGAIN_LATER, "send queue full: reading too slowly"
@@ -459,7 +464,8 @@ class WebSocketConnection:
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("open" if self.accepted else "connecting")
-        return f"<WebSocketConnection {state}>"
+        name = f" {self._id}" if self._id is not None else ""
+        return f"<WebSocketConnection{name} {state}>"
 
     # ------------------------------------------------------------------
     # Used by the extension once the handler is done

@@ -28,7 +28,7 @@ CRASH_MARKERS = (
 )
 
 
-_WORKER_SPAWNED = re.compile(r"spawned uWSGI worker \d+ \(pid: (\d+)")
+_WORKER_SPAWNED = re.compile(r"spawned uWSGI worker \d+ \((?:new )?pid: (\d+)")
 
 
 def free_port() -> int:

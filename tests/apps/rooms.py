@@ -6,15 +6,18 @@ Commands a client sends on ``/ws/<room>`` (after the server's ``id:...``):
 - ``room:<text>``     broadcast to this room, skipping the sender
 - ``to:<id>:<text>``  send to one connection
 - ``members``         reply with the room's members (JSON list)
-- ``nowait:<n>``      send n messages with send_nowait (overflow policy)
+- ``burst:<n>:<size>`` broadcast n messages of size bytes to the room, then
+  reply ``burst done`` (the broadcasts never wait for slow members)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 
 import click
+import gevent
 from flask import Flask, request
 
 from flask_websocket import WebSocket, WebSocketConnection
@@ -24,6 +27,8 @@ if os.environ.get("FWS_HUB_URL"):
     app.config["WEBSOCKET_HUB_URL"] = os.environ["FWS_HUB_URL"]
 if os.environ.get("FWS_SEND_QUEUE_SIZE"):
     app.config["WEBSOCKET_SEND_QUEUE_SIZE"] = int(os.environ["FWS_SEND_QUEUE_SIZE"])
+if os.environ.get("FWS_CLOSE_TIMEOUT"):
+    app.config["WEBSOCKET_CLOSE_TIMEOUT"] = float(os.environ["FWS_CLOSE_TIMEOUT"])
 if os.environ.get("FWS_OVERFLOW"):
     app.config["WEBSOCKET_SEND_QUEUE_OVERFLOW"] = os.environ["FWS_OVERFLOW"]
 app.config["WEBSOCKET_HUB_OPTIONS"] = {"name": os.environ.get("FWS_HUB_NAME", "rooms-test")}
@@ -48,6 +53,20 @@ def member(ws: WebSocketConnection, room: str) -> None:
             ws.send("members:" + json.dumps(websocket.members(room)))
         elif command == "rooms":
             ws.send("rooms:" + json.dumps(sorted(ws.rooms)))
+        elif command == "sndbuf":
+            # Test-only: shrink the kernel's send buffer for this connection,
+            # so that a slow reader overflows the send queue quickly.
+            sock = ws._sock
+            assert sock is not None
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, int(argument))
+            ws.send("sndbuf set")
+        elif command == "burst":
+            count, _, size = argument.partition(":")
+            for i in range(int(count)):  # bounded by the client's request
+                websocket.broadcast(f"{i}:".ljust(int(size), "x"), room=room, skip=ws)
+                if i % 50 == 49:
+                    gevent.sleep(0)  # a publisher that lets the loop write now and then
+            ws.send("burst done")
 
 
 @app.post("/broadcast")
