@@ -142,3 +142,57 @@ def test_send_from_sharedarea_outside_uwsgi_says_what_to_do() -> None:
     with WebSocketTestClient(app).connect("/sa") as ws:
         assert ws.receive() == "done"
     assert errors and "--sharedarea" in errors[0]
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "raise", "disconnect"])
+def test_send_nowait_applies_the_overflow_policy(policy: str) -> None:
+    limit = 128 * 1024
+    app, websocket = make_app(WEBSOCKET_SEND_QUEUE_SIZE=limit, WEBSOCKET_SEND_QUEUE_OVERFLOW=policy)
+    count, size = 200, 16 * 1024  # 3 MiB: far more than the queue and the kernel hold
+    report: Dict[str, Any] = {}
+
+    @websocket.route("/burst")
+    def burst(ws: WebSocketConnection) -> None:
+        ws.receive()  # "go": the client has stopped reading by now
+        sent = 0
+        try:
+            for i in range(count):
+                ws.send_nowait(i.to_bytes(4, "big") + bytes(size))
+                sent += 1
+                report["peak"] = max(report.get("peak", 0), ws.buffered_amount)
+        except Exception as exc:
+            report["error"] = type(exc).__name__
+        report["sent"] = sent
+        if policy != "disconnect":
+            ws.send_nowait("end")
+            ws.receive(timeout=10)
+
+    client = WebSocketTestClient(app, timeout=10)
+    ws = client.connect("/burst")
+    ws.send("go")
+    deadline = time.monotonic() + 10
+    while "sent" not in report and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "sent" in report
+    received: List[Any] = []
+    try:
+        while True:
+            message = ws.receive()
+            if message == "end":
+                break
+            received.append(int.from_bytes(message[:4], "big"))  # type: ignore[index]
+    except ConnectionClosed as exc:
+        report["close"] = exc.code
+    ws.close()
+    assert received == sorted(received)  # whatever arrived, arrived in order
+    assert report["peak"] <= limit + size + 14
+    if policy == "drop_oldest":
+        assert report["sent"] == count and "error" not in report
+        assert received[-1] == count - 1 and len(received) < count  # newest kept
+    elif policy == "raise":
+        assert report["error"] == "SendQueueFull"
+        assert received == list(range(report["sent"]))  # nothing lost before the error
+    else:
+        assert report["error"] in ("ConnectionClosedError", "ConnectionClosedOK")
+        assert report["close"] == 1013
+        assert received == list(range(len(received)))
