@@ -28,7 +28,7 @@ from . import transport
 from .close_codes import CloseCode
 from .concurrency.base import Backend, Event, Timer, Wakeup, Watcher
 from .exceptions import ConnectionClosedOK, SendQueueFull
-from .protocol import OP_BINARY, OP_TEXT, Message, ServerProtocol, encode_frame
+from .protocol import OP_BINARY, OP_TEXT, Message, ServerProtocol, encode_frame, encode_message
 
 if TYPE_CHECKING:  # pragma: no cover
     from .rooms import RoomRegistry
@@ -308,15 +308,10 @@ class WebSocketConnection:
             ConnectionClosed: the connection is closed.
             TypeError: ``message`` is neither ``str`` nor bytes-like.
         """
-        if isinstance(message, str):
-            frame = encode_frame(OP_TEXT, message.encode())
-        elif isinstance(message, (bytes, bytearray, memoryview)):
-            frame = encode_frame(OP_BINARY, bytes(message))
+        if type(message) is str:  # the common case first: no tuple, no call
+            self.send_frame(encode_frame(OP_TEXT, message.encode()))
         else:
-            raise TypeError(
-                f"send() takes str (text) or bytes (binary), not {type(message).__name__}"
-            )
-        self.send_frame(frame)
+            self.send_frame(encode_frame(*encode_message(message)))
 
     def send_binary(self, message: Union[bytes, bytearray, memoryview]) -> None:
         """Send ``message`` as a binary frame."""
@@ -358,12 +353,7 @@ class WebSocketConnection:
                 the ``disconnect`` policy).
             SendQueueFull: the queue is full and the policy is ``raise``.
         """
-        if isinstance(message, str):
-            frame = encode_frame(OP_TEXT, message.encode())
-        elif isinstance(message, (bytes, bytearray, memoryview)):
-            frame = encode_frame(OP_BINARY, bytes(message))
-        else:
-            raise TypeError(f"send_nowait() takes str or bytes, not {type(message).__name__}")
+        frame = encode_frame(*encode_message(message, "send_nowait"))
         if self._opener is not None:
             self.accept()
         if not self.offer_frame(frame) and self.closed:

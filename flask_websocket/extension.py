@@ -27,7 +27,7 @@ from .connection import OVERFLOW_POLICIES, ConnectionOptions, WebSocketConnectio
 from .exceptions import ConnectionClosed
 from .hubs import Hub, create_hub
 from .hubs.base import KIND_ALL, KIND_DIRECT, KIND_ROOM, Envelope, check_room
-from .protocol import OP_BINARY, OP_TEXT, ServerProtocol, request_headers_from_environ
+from .protocol import ServerProtocol, encode_message, request_headers_from_environ
 from .rooms import RoomRegistry
 
 __all__ = ["CONFIG_DEFAULTS", "WebSocket"]
@@ -316,12 +316,7 @@ class WebSocket:
         target: str,
         skip: Union[WebSocketConnection, str, None],
     ) -> None:
-        if isinstance(message, str):
-            opcode, payload = OP_TEXT, message.encode()
-        elif isinstance(message, (bytes, bytearray, memoryview)):
-            opcode, payload = OP_BINARY, bytes(message)
-        else:
-            raise TypeError(f"a message is str or bytes, not {type(message).__name__}")
+        opcode, payload = encode_message(message, "broadcast")
         if isinstance(skip, WebSocketConnection):
             skip = skip.id
         hub = self._state().hub

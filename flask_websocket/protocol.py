@@ -51,6 +51,7 @@ __all__ = [
     "Message",
     "ServerProtocol",
     "encode_frame",
+    "encode_message",
 ]
 
 #: A WebSocket message as the handler sees it: text is ``str``, binary ``bytes``.
@@ -87,6 +88,21 @@ def encode_frame(opcode: int, payload: bytes) -> bytes:
     if length < 65536:
         return _pack_short(first, 126, length) + payload
     return _pack_long(first, 127, length) + payload
+
+
+def encode_message(message: object, operation: str = "send") -> Tuple[int, bytes]:
+    """``(opcode, payload)`` of a message: ``str`` is text, bytes-like is binary.
+
+    Raises:
+        TypeError: ``message`` is neither (``operation`` names the caller).
+    """
+    if isinstance(message, str):
+        return OP_TEXT, message.encode()
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        return OP_BINARY, bytes(message)
+    raise TypeError(
+        f"{operation}() takes str (text) or bytes (binary), not {type(message).__name__}"
+    )
 
 
 @dataclass(frozen=True)
