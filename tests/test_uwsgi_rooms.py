@@ -168,7 +168,6 @@ def test_slow_consumer_is_disconnected_and_others_get_everything(start_uwsgi) ->
         gevent=1100,
         extra=["--gevent-early-monkey-patch"],
         env={
-            "FWS_SEND_QUEUE_SIZE": str(64 * 1024),
             "FWS_HUB_URL": "memory://",
             # Long enough for the close frame to wait until the slow one reads.
             "FWS_CLOSE_TIMEOUT": "120",
@@ -187,8 +186,8 @@ def test_slow_consumer_is_disconnected_and_others_get_everything(start_uwsgi) ->
             server.url("/ws/feed"), sock=raw, max_queue=None, ping_interval=None
         )
         await slow.recv()
-        await slow.send("sndbuf:4096")
-        assert await slow.recv() == "sndbuf set"
+        await slow.send(f"slowmode:{64 * 1024}")
+        assert await slow.recv() == "slowmode set"
         slow.transport.pause_reading()  # never read: the kernel buffers fill up
         fast = []
         for start in range(0, readers, 100):

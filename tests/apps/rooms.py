@@ -12,6 +12,7 @@ Commands a client sends on ``/ws/<room>`` (after the server's ``id:...``):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -53,13 +54,16 @@ def member(ws: WebSocketConnection, room: str) -> None:
             ws.send("members:" + json.dumps(websocket.members(room)))
         elif command == "rooms":
             ws.send("rooms:" + json.dumps(sorted(ws.rooms)))
-        elif command == "sndbuf":
-            # Test-only: shrink the kernel's send buffer for this connection,
-            # so that a slow reader overflows the send queue quickly.
+        elif command == "slowmode":
+            # Test-only, through private attributes: a tiny kernel send buffer
+            # and send queue for this one connection, so that a reader that
+            # stops reading overflows quickly while the others keep the
+            # default bounds (and cannot overflow on a busy test machine).
             sock = ws._sock
             assert sock is not None
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, int(argument))
-            ws.send("sndbuf set")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            ws._options = dataclasses.replace(ws._options, send_queue_size=int(argument))
+            ws.send("slowmode set")
         elif command == "burst":
             count, _, size = argument.partition(":")
             for i in range(int(count)):  # bounded by the client's request
