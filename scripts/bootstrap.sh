@@ -6,6 +6,7 @@
 #
 # System packages: a C compiler and libssl-dev (pip builds uWSGI from source;
 # without OpenSSL headers uWSGI's WebSocket handshake support is missing).
+# redis-server: the redis hub tests start their own (the service is stopped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,12 +15,18 @@ need_apt() { dpkg -s "$1" >/dev/null 2>&1 || apt_packages+=("$1"); }
 need_apt gcc
 need_apt libssl-dev
 need_apt python3-dev
+need_apt chromium  # the browser test drives it with Playwright
+need_apt redis-server  # the redis hub's tests start their own redis-server
 if [ "${#apt_packages[@]}" -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then
         sudo_cmd=""
         [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
         $sudo_cmd apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${apt_packages[@]}" >/dev/null
+        # The tests start redis-server themselves: leave no system service running.
+        if [[ " ${apt_packages[*]} " == *" redis-server "* ]] && command -v service >/dev/null 2>&1; then
+            $sudo_cmd service redis-server stop >/dev/null 2>&1 || true
+        fi
     else
         echo "bootstrap: please install ${apt_packages[*]} (no apt-get here)" >&2
         exit 1
