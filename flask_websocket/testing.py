@@ -11,8 +11,15 @@
             assert ws.receive() == "hello"
 
 The app runs exactly as under uWSGI (same routing, hooks, handshake checks
-and connection core on the gevent backend) in a thread of its own, talking to
-the test over a socket pair. Only the uWSGI sharedarea is missing.
+and connection core on the gevent backend), each connection in a greenlet of
+one background thread's gevent loop (like one uWSGI worker), talking to the
+test over a socket pair. Only the uWSGI sharedarea is missing. Broadcasts
+between test connections use the memory hub: the client sets
+``WEBSOCKET_HUB_URL = "memory://"`` on the app unless it chose a hub.
+
+Handlers run in that background loop: a handler that blocks without
+yielding to gevent (``time.sleep`` in an unpatched process) holds up the
+other test connections, as it would in a uWSGI worker.
 """
 
 from __future__ import annotations
@@ -35,8 +42,47 @@ from .transport import TEST_SOCKET_KEY
 __all__ = ["TestConnection", "WebSocketTestClient"]
 
 
+class _ServerLoop:
+    """One thread running a gevent loop: the server side of every test connection.
+
+    All connections of the process live in the same loop, as in one uWSGI
+    worker, so that broadcasts between them stay inside one event loop.
+    """
+
+    _instance: Optional[_ServerLoop] = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self._ready = threading.Event()
+        self._hub: Any = None
+        self.thread = threading.Thread(target=self._main, name="websocket-test-server", daemon=True)
+        self.thread.start()
+        self._ready.wait()
+
+    @classmethod
+    def get(cls) -> _ServerLoop:
+        with cls._lock:
+            if cls._instance is None or not cls._instance.thread.is_alive():
+                cls._instance = cls()
+            return cls._instance
+
+    def _main(self) -> None:
+        import gevent
+
+        self._hub = gevent.get_hub()
+        self._ready.set()
+        while True:  # keep the loop alive; work arrives through submit()
+            gevent.sleep(3600)
+
+    def submit(self, function: Any) -> None:
+        """Run ``function`` in a new greenlet of the server loop."""
+        import gevent
+
+        self._hub.loop.run_callback_threadsafe(gevent.spawn, function)
+
+
 class _ServerRun:
-    """Runs the WSGI app for one connection in a thread; records its answer."""
+    """Runs the WSGI app for one connection in the server loop; records its answer."""
 
     def __init__(self, app: Flask, environ: Dict[str, Any]) -> None:
         self.app = app
@@ -46,7 +92,7 @@ class _ServerRun:
         self.body: List[bytes] = []
         self.error: Optional[BaseException] = None
         self.started = threading.Event()  # start_response was called
-        self.thread = threading.Thread(target=self._run, name="websocket-test-server", daemon=True)
+        self.finished = threading.Event()  # the app returned (the handler is done)
 
     def _start_response(
         self, status: str, headers: List[Tuple[str, str]], exc_info: Any = None
@@ -70,6 +116,7 @@ class _ServerRun:
             self.started.set()
             server_socket = self.environ[TEST_SOCKET_KEY]
             server_socket.close()
+            self.finished.set()
 
 
 class TestConnection:
@@ -120,7 +167,7 @@ class TestConnection:
         except (TimeoutError, OSError):
             pass
         self._sock.close()
-        self._run.thread.join(self._timeout)
+        self._run.finished.wait(self._timeout)
 
     @property
     def close_code(self) -> Optional[int]:
@@ -215,12 +262,12 @@ class WebSocketTestClient:
         client_socket, server_socket = socket.socketpair()
         environ[TEST_SOCKET_KEY] = server_socket
         run = _ServerRun(self.app, environ)
-        run.thread.start()
+        _ServerLoop.get().submit(run._run)
         if not run.started.wait(self.timeout):
             client_socket.close()
             raise TimeoutError(f"the handler of {path} did not accept or reject in time")
         if run.status is None or not run.status.startswith("101"):
-            run.thread.join(self.timeout)
+            run.finished.wait(self.timeout)
             client_socket.close()
             if run.error is not None:
                 raise run.error

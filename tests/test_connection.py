@@ -81,7 +81,7 @@ def test_close_gives_up_after_the_close_timeout_when_the_peer_is_silent() -> Non
         timing["closed"] = float(ws.closed)
 
     ws = WebSocketTestClient(app, timeout=10).connect("/close")
-    ws._run.thread.join(10)  # the client never reads: no close frame comes back
+    ws._run.finished.wait(10)  # the client never reads: no close frame comes back
     assert 0.15 <= timing["close"] < 3
     assert timing["closed"] == 1.0
     with pytest.raises(ConnectionClosed) as info:
@@ -103,7 +103,7 @@ def test_keepalive_drops_a_peer_that_does_not_answer_pings() -> None:
             seen.append((exc.code, exc.sent_code))
 
     ws = WebSocketTestClient(app, timeout=10).connect("/idle")
-    ws._run.thread.join(10)  # the client does not read, so it never pongs
+    ws._run.finished.wait(10)  # the client does not read, so it never pongs
     assert seen == [(1006, 1011)]
     with pytest.raises(ConnectionClosed) as info:
         while True:
