@@ -366,7 +366,7 @@ class WebSocketConnection:
         policy disconnected. Raises :class:`SendQueueFull` under the
         ``raise`` policy.
         """
-        if self._opener is not None or self.closed:
+        if self._opener is not None or self._torn_down or not self._protocol.open:
             return False
         queued = self._send_queue_bytes
         if queued and queued + len(frame) > self._options.send_queue_size:

@@ -207,12 +207,12 @@ class MessageProtocol:
     @property
     def open(self) -> bool:
         """True while messages can be sent: no close frame sent or received."""
-        return self._ws.state is State.OPEN
+        return self._ws._state is State.OPEN  # the attribute: a property less per send
 
     @property
     def closed(self) -> bool:
         """True once the connection is fully closed (EOF received)."""
-        return self._ws.state is State.CLOSED
+        return self._ws._state is State.CLOSED
 
     @property
     def close_rcvd(self) -> Optional[Close]:

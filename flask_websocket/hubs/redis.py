@@ -50,11 +50,11 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
 from ..exceptions import ConfigurationError
-from .base import KIND_ALL, KIND_DIRECT, KIND_ROOM, Envelope, Hub, HubError
+from .base import KIND_DIRECT, KIND_ROOM, Envelope, Hub, HubError
 
 if TYPE_CHECKING:  # pragma: no cover
     import redis
@@ -85,7 +85,7 @@ DEFAULT_MAX_PAYLOAD = 2**20
 #: Reconnection backoff of the listener: first and longest wait, in seconds.
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
-#: Longest wait in ``join`` for Redis to confirm a new room's subscription.
+#: Longest wait in ``start`` and ``join`` for Redis to confirm a subscription.
 SUBSCRIBE_WAIT = 2.0
 #: Dead nodes whose entries one heartbeat removes, at most.
 GC_NODES_PER_BEAT = 10
@@ -203,9 +203,7 @@ def live_members(
     dead = {node for node, alive in zip(nodes, pipe.execute()) if not alive}
     if dead:
         client.hdel(key, *[cid for cid, node in entries.items() if node in dead])
-    return sorted(
-        cid for cid, node in entries.items() if node not in dead and node != exclude_node
-    )
+    return sorted(cid for cid, node in entries.items() if node not in dead and node != exclude_node)
 
 
 def _text(value: Any) -> str:
@@ -246,9 +244,7 @@ class RedisHub(Hub):
 
     scheme = "redis"
 
-    def __init__(
-        self, registry: RoomRegistry, options: Optional[Mapping[str, Any]] = None
-    ) -> None:
+    def __init__(self, registry: RoomRegistry, options: Optional[Mapping[str, Any]] = None) -> None:
         super().__init__(registry, options)
         url = self.options.get("url")
         if not url or not isinstance(url, str):
@@ -271,18 +267,23 @@ class RedisHub(Hub):
         self._maintainer: Any = None
         self._running = False
         self._lock: Any = None  # gevent lock: changes of the subscription
+        self._presence_lock: Any = None  # gevent lock: presence writes, in order
         self._wake: Any = None  # gevent Event: the maintainer has work
         self._confirmed_event: Any = None  # gevent Event, replaced each time it is set
         #: Channels sent in SUBSCRIBE on the current connection / confirmed by Redis.
         self._subscribed: Set[str] = set()
         self._confirmed: Set[str] = set()
         self._connected = False
+        self._ever_connected = False
         self._outage_since: Optional[float] = None
         self._backoff = BACKOFF_MIN
         #: (room, connection id) pairs whose presence entry must be written or deleted.
         self._dirty: Dict[Tuple[str, str], None] = {}
         self._resync = True
+        #: Rooms whose subscription may have to change (joined or left in the event loop).
+        self._room_changes: Set[str] = set()
         self._presence_failing = False
+        self._presence_warned = False
 
     @property
     def connected(self) -> bool:
@@ -292,15 +293,28 @@ class RedisHub(Hub):
     # -- hooks -----------------------------------------------------------------
 
     def _start(self) -> None:
+        import gevent
+
         try:
-            import gevent
-            import gevent.event
-            import gevent.lock
-            from gevent import monkey
-        except ImportError as exc:  # pragma: no cover - gevent is a dependency
-            raise ConfigurationError("the redis hub needs gevent: pip install gevent") from exc
-        if not monkey.is_module_patched("socket"):
+            self._check_and_connect()
+        except BaseException:
             self._started = False  # start() may be called again once fixed
+            raise
+        self._running = True
+        self._resync = True
+        self._backoff = BACKOFF_MIN
+        self._listener = gevent.spawn(self._listen)
+        self._maintainer = gevent.spawn(self._maintain)
+        if _can_block():  # receive broadcasts from the moment start() returns (Redis allowing)
+            for channel in (channel_all(self.prefix), channel_node(self.prefix, self.node_id)):
+                self._wait_confirmed(channel, SUBSCRIBE_WAIT)
+
+    def _check_and_connect(self) -> None:
+        import gevent.event
+        import gevent.lock
+        from gevent import monkey
+
+        if not monkey.is_module_patched("socket"):
             raise ConfigurationError(
                 "the redis hub needs the standard library patched by gevent before redis-py "
                 "is used (otherwise every Redis call blocks the whole worker): start uWSGI "
@@ -311,13 +325,9 @@ class RedisHub(Hub):
         self._client = redis_client(self.url, self.redis_options, retries=1)
         self._pubsub_client = redis_client(self.url, self.redis_options, retries=0)
         self._lock = gevent.lock.RLock()
+        self._presence_lock = gevent.lock.Semaphore()
         self._wake = gevent.event.Event()
         self._confirmed_event = gevent.event.Event()
-        self._running = True
-        self._resync = True
-        self._backoff = BACKOFF_MIN
-        self._listener = gevent.spawn(self._listen)
-        self._maintainer = gevent.spawn(self._maintain)
 
     def _stop(self) -> None:
         self._running = False
@@ -367,27 +377,28 @@ class RedisHub(Hub):
             if not _is_redis_error(exc):
                 raise
             raise HubError(
-                f"redis hub: could not read the members of {room!r} on "
-                f"{safe_url(self.url)} ({exc})"
+                f"redis hub: could not read the members of {room!r} on {safe_url(self.url)} ({exc})"
             ) from exc
 
     def _room_joined(self, room: str) -> None:
         if not self._running:
             return  # start() subscribes to every room with members
         if not _can_block():
+            self._room_changes.add(room)
             self._wake.set()  # the maintainer subscribes
             return
-        self._sync_subscriptions()
+        self._sync_subscriptions([room])
         self._wait_confirmed(channel_room(self.prefix, room), SUBSCRIBE_WAIT)
 
     def _room_left(self, room: str) -> None:
         if self._running:
+            self._room_changes.add(room)
             self._wake.set()  # the maintainer unsubscribes: this may run in the event loop
 
     def _member_joined(self, room: str, connection_id: str) -> None:
-        self._dirty[(room, connection_id)] = None
         if not self._running:
-            return
+            return  # start() writes every member
+        self._dirty[(room, connection_id)] = None
         if _can_block() and self._connected and not self._presence_failing:
             try:
                 self._flush_presence()  # visible to every process when join() returns
@@ -396,13 +407,18 @@ class RedisHub(Hub):
                 if not _is_redis_error(exc):
                     raise
                 self._presence_failed(exc)
-        if self._connected:
-            self._wake.set()
+        self._wake_maintainer()
 
     def _member_left(self, room: str, connection_id: str) -> None:
-        self._dirty[(room, connection_id)] = None
-        if self._running and self._connected:
-            self._wake.set()  # never waits here: this may run in the event loop
+        if self._running:  # else start() removes what is left of it
+            self._dirty[(room, connection_id)] = None
+            self._wake_maintainer()  # never waits here: this may run in the event loop
+
+    def _wake_maintainer(self) -> None:
+        # While Redis fails, the maintainer retries on its own schedule (and
+        # the listener wakes it when Redis is back): joins must not hurry it.
+        if self._connected and not self._presence_failing:
+            self._wake.set()
 
     # -- subscription ------------------------------------------------------------
 
@@ -411,15 +427,20 @@ class RedisHub(Hub):
         channels.update(channel_room(self.prefix, room) for room in self.registry.rooms())
         return channels
 
-    def _sync_subscriptions(self) -> None:
-        """Subscribe to the rooms that got members here, unsubscribe from the others."""
+    def _sync_subscriptions(self, rooms: Iterable[str]) -> None:
+        """Subscribe to those of ``rooms`` that have members here, unsubscribe from the others."""
         with self._lock:
             pubsub = self._pubsub
             if pubsub is None:
                 return  # the listener subscribes to everything when it connects
-            wanted = self._wanted_channels()
-            add = wanted - self._subscribed
-            remove = self._subscribed - wanted
+            add, remove = set(), set()
+            for room in rooms:
+                channel = channel_room(self.prefix, room)
+                if self.registry.local_members(room):
+                    if channel not in self._subscribed:
+                        add.add(channel)
+                elif channel in self._subscribed:
+                    remove.add(channel)
             try:
                 if add:
                     self._confirmed.difference_update(add)
@@ -458,7 +479,7 @@ class RedisHub(Hub):
 
         assert self._pubsub_client is not None
         while self._running:
-            pubsub = self._pubsub_client.pubsub()
+            pubsub = self._pubsub_client.pubsub()  # type: ignore[no-untyped-call]
             try:
                 with self._lock:
                     self._pubsub = pubsub
@@ -477,6 +498,7 @@ class RedisHub(Hub):
                 if self._pubsub is pubsub:
                     self._pubsub = None
                 self._connected = False
+                self._subscribed, self._confirmed = set(), set()
                 self._notify_confirmed()
                 _close_quietly(pubsub)
             if not self._running:
@@ -521,6 +543,7 @@ class RedisHub(Hub):
 
     def _connection_made(self) -> None:
         self._connected = True
+        self._ever_connected = True
         self._backoff = BACKOFF_MIN
         self._resync = True  # Redis may have restarted empty: write presence again
         self._wake.set()  # and apply room changes made while disconnected
@@ -536,8 +559,9 @@ class RedisHub(Hub):
         if self._outage_since is None:
             self._outage_since = time.monotonic()
             logger.warning(
-                "redis hub: lost the connection to Redis at %s (%s); broadcasts from other "
-                "processes are lost until it is back; reconnecting",
+                "redis hub: %s Redis at %s (%s); broadcasts from other processes are lost "
+                "until it is back; reconnecting",
+                "lost the connection to" if self._ever_connected else "cannot connect to",
                 safe_url(self.url),
                 exc,
             )
@@ -548,13 +572,14 @@ class RedisHub(Hub):
 
     def _maintain(self) -> None:
         """Heartbeat, presence writes and subscription changes that must not run in the loop."""
-        import gevent
-
         interval = self.presence_ttl / 3
         next_beat = 0.0
         failures = 0
         while self._running:
             self._wake.clear()
+            if self._room_changes:  # first: it does not depend on presence writes working
+                rooms, self._room_changes = self._room_changes, set()
+                self._sync_subscriptions(rooms)
             try:
                 if time.monotonic() >= next_beat:
                     self._heartbeat()
@@ -567,7 +592,6 @@ class RedisHub(Hub):
                         self._resync = True
                         raise
                 self._flush_presence()
-                self._sync_subscriptions()
             except Exception as exc:
                 if not _is_redis_error(exc):
                     logger.exception("redis hub: presence error")
@@ -575,21 +599,25 @@ class RedisHub(Hub):
                     self._presence_failed(exc)
                 failures += 1
                 backoff = min(BACKOFF_MIN * 2**failures, BACKOFF_MAX, interval)
-                gevent.sleep(random.uniform(backoff / 2, backoff))
+                self._wake.wait(random.uniform(backoff / 2, backoff))
                 continue
             failures = 0
             if self._presence_failing:
                 self._presence_failing = False
-                logger.info("redis hub: presence entries written again")
+                if self._presence_warned:
+                    self._presence_warned = False
+                    logger.info("redis hub: presence entries written again")
             self._wake.wait(max(0.0, next_beat - time.monotonic()))
 
     def _presence_failed(self, exc: BaseException) -> None:
         if self._presence_failing:
             return
         self._presence_failing = True
-        # During an outage the listener has said it already.
-        level = logging.WARNING if self._outage_since is None else logging.DEBUG
-        logger.log(level, "redis hub: could not write presence entries (%s); retrying", exc)
+        if _is_connection_error(exc):  # an outage: the listener sees it too, and reports it
+            logger.debug("redis hub: could not write presence entries (%s)", exc)
+            return
+        self._presence_warned = True
+        logger.warning("redis hub: could not write presence entries (%s); retrying", exc)
 
     def _ttl_ms(self) -> int:
         return max(1, int(self.presence_ttl * 1000))
@@ -605,7 +633,8 @@ class RedisHub(Hub):
         existed, _, _, nodes = pipe.execute()
         if not existed:
             self._resync = True
-        self._collect_dead_nodes(sorted(_text(node) for node in nodes if _text(node) != self.node_id))
+        others = sorted({_text(node) for node in nodes} - {self.node_id})
+        self._collect_dead_nodes(others)
 
     def _collect_dead_nodes(self, nodes: List[str]) -> None:
         """Delete every presence entry of (a few of) the nodes whose alive key expired."""
@@ -632,6 +661,10 @@ class RedisHub(Hub):
 
     def _resync_presence(self) -> None:
         """Make Redis hold exactly this process's members: after a restart, or at start."""
+        with self._presence_lock:
+            self._write_all_presence()
+
+    def _write_all_presence(self) -> None:
         assert self._client is not None
         local = self._local_rooms()
         wanted = {_entry(cid, room) for room, members in local.items() for cid in members}
@@ -655,7 +688,17 @@ class RedisHub(Hub):
         pipe.execute()
 
     def _flush_presence(self) -> None:
-        """Write the joins and leaves noted since the last flush, as the registry is now."""
+        """Write the joins and leaves noted since the last flush, as the registry is now.
+
+        One flush at a time, each taking what was noted before it started:
+        a leave and the join that follows it reach Redis in that order.
+        """
+        if not self._dirty:
+            return
+        with self._presence_lock:
+            self._write_dirty_presence()
+
+    def _write_dirty_presence(self) -> None:
         if not self._dirty:
             return
         assert self._client is not None
@@ -702,6 +745,12 @@ def _can_block() -> bool:
     from gevent import get_hub, getcurrent
 
     return bool(getcurrent() is not get_hub())
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    from redis.exceptions import ConnectionError, TimeoutError
+
+    return isinstance(exc, (ConnectionError, TimeoutError, OSError))
 
 
 def _is_redis_error(exc: BaseException) -> bool:
