@@ -151,7 +151,11 @@ class Hub(abc.ABC):
         """Begin listening for other processes' broadcasts (idempotent)."""
         if not self._started:
             self._started = True
-            self._start()
+            try:
+                self._start()
+            except BaseException:
+                self._started = False  # a later call tries again
+                raise
 
     def stop(self) -> None:
         """Stop listening and release sockets and connections (idempotent)."""
