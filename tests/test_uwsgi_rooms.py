@@ -36,14 +36,27 @@ def join(server: UwsgiServer, room: str) -> Tuple[ClientConnection, str, int]:
 
 
 def spread_over_workers(server: UwsgiServer, room: str, per_worker: int = 3):
-    """Open connections until every worker holds ``per_worker`` of them (bounded)."""
+    """Open connections until every worker holds ``per_worker`` of them.
+
+    Which worker accepts a connection is the kernel's choice, and a busy
+    worker accepts few: connections beyond ``per_worker`` on one worker are
+    closed again, and the attempts are bounded in count and time.
+    """
     workers = set(server.worker_pids())
+    counts = dict.fromkeys(workers, 0)
     clients: List[Tuple[ClientConnection, str, int]] = []
-    for _ in range(200):
-        counts = {pid: sum(1 for c in clients if c[2] == pid) for pid in workers}
+    deadline = time.monotonic() + 60
+    for _ in range(3000):
         if all(count >= per_worker for count in counts.values()):
             return clients
-        clients.append(join(server, room))
+        if time.monotonic() > deadline:
+            break
+        client = join(server, room)
+        if counts.get(client[2], per_worker) >= per_worker:
+            client[0].close()  # that worker has enough: leave the room again
+            continue
+        counts[client[2]] += 1
+        clients.append(client)
     raise AssertionError(f"connections did not reach every worker: {counts}")
 
 
