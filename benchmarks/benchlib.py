@@ -145,14 +145,21 @@ class Server:
     routers: list = field(default_factory=list)  # psutil.Process (http mode)
     argv: list = field(default_factory=list)
     _log: object = None
+    # Optional overrides for servers not in SERVERS (broadcast.py): the uWSGI
+    # module spec, the WebSocket path, extra uWSGI arguments (appended to the
+    # command line) and extra environment variables.
+    module_spec: str | None = None
+    ws_path: str | None = None
+    extra_args: list = field(default_factory=list)
+    extra_env: dict = field(default_factory=dict)
 
     @property
     def module(self) -> str:
-        return SERVERS[self.name][0]
+        return self.module_spec or SERVERS[self.name][0]
 
     @property
     def path(self) -> str:
-        return SERVERS[self.name][1]
+        return self.ws_path or SERVERS[self.name][1]
 
     @property
     def url(self) -> str:
@@ -167,8 +174,10 @@ class Server:
             str(SERVER_CORE),
             uwsgi,
             *uwsgi_command(self.module, self.port, self.mode, self.gevent),
+            *self.extra_args,
         ]
         env = dict(os.environ)
+        env.update(self.extra_env)
         env["PYTHONPATH"] = REPO_ROOT + (
             os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
         )
@@ -405,17 +414,18 @@ def wait_for_quiet(
 CODE_UNDER_TEST = ("flask_websocket", os.path.join("examples", "echo.py"))
 
 
-def code_fingerprint() -> str:
+def code_fingerprint(entries=CODE_UNDER_TEST) -> str:
     """Short hash of the code under test (package + example app) as on disk now.
 
     Each run starts a fresh uWSGI that imports whatever is on disk, so a
     change while the benchmark runs would mix versions; runs record this to
-    make that visible.
+    make that visible. ``entries``: files and directories relative to the
+    repository root (default: the package and ``examples/echo.py``).
     """
     import hashlib
 
     h = hashlib.sha256()
-    for entry in CODE_UNDER_TEST:
+    for entry in entries:
         path = os.path.join(REPO_ROOT, entry)
         files = []
         if os.path.isdir(path):
@@ -431,13 +441,13 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:12]
 
 
-def code_changed_warning(runs: list[dict]) -> str | None:
+def code_changed_warning(runs: list[dict], entries=CODE_UNDER_TEST) -> str | None:
     """A warning if the runs did not all import the same code under test."""
     prints = sorted({r["code_fingerprint"] for r in runs if r.get("code_fingerprint")})
     if len(prints) <= 1:
         return None
     return (
-        f"WARNING: {', '.join(CODE_UNDER_TEST)} changed on disk during the benchmark "
+        f"WARNING: {', '.join(entries)} changed on disk during the benchmark "
         f"(code fingerprints {', '.join(prints)}): runs mixed versions; re-run for "
         "comparable figures."
     )

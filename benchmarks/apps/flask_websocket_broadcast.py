@@ -1,0 +1,51 @@
+"""Flask-WebSocket broadcast (fan-out) server for the benchmarks.
+
+Two routes:
+
+* ``/sub`` - a subscriber: joins room ``"bench"``, sends one text message
+  ``"joined <worker pid>"`` (so the client knows the join is done and which
+  worker holds it), then waits in ``receive()`` until the peer leaves.
+* ``/pub`` - the publisher: every message it receives is broadcast to the
+  room with ``websocket.broadcast(message, room="bench")``.
+
+The hub comes from the ``WEBSOCKET_HUB_URL`` environment variable
+(``memory://`` if unset; ``local://``, ``redis://host:port/db``), and is
+copied into the app's config of the same name. Run under uWSGI with gevent
+(``--gevent-early-monkey-patch`` for the redis hub), from the repository
+root::
+
+    WEBSOCKET_HUB_URL=memory:// uwsgi --master --need-app --die-on-term \\
+        --gevent 2000 --http-socket 127.0.0.1:8000 \\
+        --module benchmarks.apps.flask_websocket_broadcast:app
+"""
+
+from __future__ import annotations
+
+import os
+
+from flask import Flask
+
+from flask_websocket import WebSocket, WebSocketConnection
+
+ROOM = "bench"
+
+app = Flask(__name__)
+app.config["WEBSOCKET_HUB_URL"] = os.environ.get("WEBSOCKET_HUB_URL") or "memory://"
+websocket = WebSocket(app)
+
+
+@websocket.route("/sub")
+def sub(ws: WebSocketConnection) -> None:
+    """Join the room, say so, then just wait (broadcasts arrive meanwhile)."""
+    ws.join(ROOM)
+    ws.send(f"joined {os.getpid()}")
+    while True:
+        ws.receive()  # subscribers send nothing; ends with ConnectionClosed
+
+
+@websocket.route("/pub")
+def pub(ws: WebSocketConnection) -> None:
+    """Broadcast every received message to the room."""
+    while True:
+        message = ws.receive()
+        websocket.broadcast(message, room=ROOM)  # type: ignore[arg-type]
