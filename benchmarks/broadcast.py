@@ -128,8 +128,8 @@ STALL_TIMEOUT = 5.0  # throughput: no broadcast completed for this long = stalle
 # between them and the figures measure wake-ups instead of fan-out.
 WINDOW_DELIVERIES = 50000
 # Descriptors a worker uses besides its connections (listen socket, stdio,
-# master pipes, hub sockets, ...), with some margin.
-FD_OVERHEAD = 64
+# master pipes, hub sockets, ...: about 10 here), with some margin.
+FD_OVERHEAD = 24
 CLIENT_BUSY = 0.9
 
 # Targets the brief asks to report against.
@@ -867,7 +867,19 @@ def run_one(name: str, rnd: int, args, stamp: str, attempt: int = 1) -> dict:
     finally:
         if redis is not None:
             redis.stop()
+    limit = getattr(args, "fd_limit", None)
+    if "error" in rec and limit and fd_need(name, args.subscribers) > limit:
+        rec["error"] += (
+            f" [the worker needs ~{fd_need(name, args.subscribers)} open files for this many "
+            f"connections; the limit is {limit}]"
+        )
     return rec
+
+
+def fd_need(name: str, subscribers: int) -> int:
+    """Descriptors the busiest worker of `name` needs for `subscribers` + the publisher."""
+    per_worker = math.ceil(subscribers / SERVER_DEFS[name]["processes"]) + 1
+    return per_worker * (1 if name == "raw" else 2) + FD_OVERHEAD
 
 
 def run_failed(rec: dict) -> bool:
@@ -932,6 +944,22 @@ def summarize(runs: list[dict], servers: list[str]) -> dict:
                 "client_cpu_util": bl.median(col(lambda p: p["client_cpu_util"])),
                 "client_cpu_util_max": max(col(lambda p: p["client_cpu_util"])),
                 "lost": sum(col(lambda p: p["lost"])),
+                # the server core's time per delivery, by kind (us): where the CPU goes
+                "core_us": {
+                    kind: bl.median(
+                        col(
+                            lambda p, kind=kind: (
+                                p["server_core_util"].get(kind, 0.0)
+                                * p["window_s"]
+                                / p["deliveries"]
+                                * 1e6
+                                if p["deliveries"]
+                                else float("nan")
+                            )
+                        )
+                    )
+                    for kind in ("user", "system", "softirq")
+                },
             }
         out[name] = s
     ratios: dict = {}
@@ -955,66 +983,108 @@ def summarize(runs: list[dict], servers: list[str]) -> dict:
     return {"servers": out, "ratios_vs_raw": ratios}
 
 
-def evaluate_targets(summary: dict, args) -> list[dict]:
+def evaluate_targets(summary: dict, runs: list[dict], args) -> list[dict]:
     s = summary["servers"]
     targets = []
     mem = s.get("memory")
 
-    # 1. <= 8 us server CPU per delivery (saturated: the throughput phase)
+    # 1. <= 8 us server CPU per delivery: at the fixed rate (latency phase,
+    # where the ~25 us of the naive baseline was seen) and flat out
     for name in ("memory", "local", "redis"):
         v = s.get(name)
         if not v or not v.get("rounds_ok"):
             continue
-        phase = "throughput" if "throughput" in v else "latency"
-        if phase not in v:
-            continue
-        cpu = v[phase]["cpu_us"]
-        targets.append(
-            {
-                "target": f"<= {TARGET_CPU_US:g} us server CPU per delivery",
-                "server": name,
-                "value": f"{cpu:.2f} us ({phase} phase, median; worker processes only)",
-                "met": cpu <= TARGET_CPU_US,
-            }
-        )
+        for phase in ("latency", "throughput"):
+            if phase not in v:
+                continue
+            cpu = v[phase]["cpu_us"]
+            where = (
+                f"latency phase, {args.rate:g} broadcasts/s"
+                if phase == "latency"
+                else "throughput phase, flat out"
+            )
+            targets.append(
+                {
+                    "target": f"<= {TARGET_CPU_US:g} us server CPU per delivery",
+                    "server": name,
+                    "phase": phase,
+                    "value": f"{cpu:.2f} us [{v[phase]['cpu_us_min']:.2f}-"
+                    f"{v[phase]['cpu_us_max']:.2f}] ({where}; N={args.subscribers}; "
+                    "median of the workers' CPU)",
+                    "met": cpu <= TARGET_CPU_US,
+                }
+            )
     # 2. 10 000 subscribers on one worker, zero loss, p99 < 250 ms at 10/s
+    goal = (
+        f"{TARGET_P99_N} subscribers on one worker: zero loss, "
+        f"p99 < {TARGET_P99_MS:g} ms at 10 broadcasts/s"
+    )
+    applicable = args.subscribers >= 0.99 * TARGET_P99_N and abs(args.rate - 10) < 1e-9
+    note = None
+    if not applicable:
+        note = f"not applicable: needs --subscribers {TARGET_P99_N} --rate 10"
+    elif args.subscribers < TARGET_P99_N:
+        note = (
+            f"measured with {args.subscribers} subscribers, not {TARGET_P99_N} (see the "
+            "open-file limit warning)"
+        )
+    mem_runs = [r for r in runs if r["server"] == "memory"]
     if mem and mem.get("rounds_ok") and "latency" in mem:
-        applicable = args.subscribers >= TARGET_P99_N and abs(args.rate - 10) < 1e-9
         p99max = mem["latency"]["p99_ms_max"]
+        failed = [r for r in mem_runs if "error" in r]
         zero_loss = (
             mem["lost"] == 0
             and mem["duplicates"] == 0
             and mem["out_of_order"] == 0
             and mem["garbled"] == 0
             and mem["disconnects"] == 0
+            and not failed
         )
         targets.append(
             {
-                "target": f"{TARGET_P99_N} subscribers on one worker: zero loss, "
-                f"p99 < {TARGET_P99_MS:g} ms at 10 broadcasts/s",
+                "target": goal,
                 "server": "memory",
                 "value": (
                     f"N={args.subscribers}, rate {args.rate:g}/s: lost {mem['lost']}, dup "
-                    f"{mem['duplicates']}, reordered {mem['out_of_order']}; p99 "
-                    f"{mem['latency']['p99_ms']:.1f} ms median, {p99max:.1f} ms worst round"
+                    f"{mem['duplicates']}, reordered {mem['out_of_order']}, failed rounds "
+                    f"{len(failed)}; p99 {mem['latency']['p99_ms']:.1f} ms median, "
+                    f"{p99max:.1f} ms worst round"
                 ),
                 "met": (zero_loss and p99max < TARGET_P99_MS) if applicable else None,
-                "note": None
-                if applicable
-                else f"not applicable: needs --subscribers >= {TARGET_P99_N} --rate 10",
+                "note": note,
+            }
+        )
+    elif mem_runs:
+        targets.append(
+            {
+                "target": goal,
+                "server": "memory",
+                "value": f"N={args.subscribers}: every round failed: {mem_runs[0].get('error')}",
+                "met": False if applicable else None,
+                "note": note,
             }
         )
     # 3. redis hub x2 p99 no worse than 1.5x memory hub p99
     red = s.get("redis")
     if mem and red and mem.get("latency") and red.get("latency"):
         ratio = red["latency"]["p99_ms"] / mem["latency"]["p99_ms"]
+        pairs = []
+        by_round: dict = {}
+        for r in runs:
+            if "error" not in r and "latency" in r.get("phases", {}):
+                by_round.setdefault(r["round"], {})[r["server"]] = r["phases"]["latency"]
+        for rr in by_round.values():
+            if "memory" in rr and "redis" in rr:
+                pairs.append(rr["redis"]["latency_ms"]["p99"] / rr["memory"]["latency_ms"]["p99"])
+        spread = f" (per-round pairs {min(pairs):.2f}-{max(pairs):.2f}x)" if pairs else ""
         targets.append(
             {
                 "target": f"redis hub x2 p99 <= {TARGET_REDIS_P99_RATIO:g}x memory hub p99",
                 "server": "redis",
                 "value": f"{red['latency']['p99_ms']:.1f} / {mem['latency']['p99_ms']:.1f} ms"
-                f" = {ratio:.2f}x",
+                f" = {ratio:.2f}x{spread} (N={args.subscribers}, {args.rate:g}/s)",
                 "met": ratio <= TARGET_REDIS_P99_RATIO,
+                "per_round_ratios": pairs,
             }
         )
     return targets
@@ -1171,6 +1241,37 @@ def print_report(runs, summary, targets, servers, skipped, args) -> None:
             ]
         )
     print(bl.format_table(headers, rows, align="l" + "r" * (len(headers) - 1)))
+    print()
+    print(
+        f"Server core (core {bl.SERVER_CORE}) time per delivery, us, by kind "
+        "(medians; includes anything else that ran on that core):"
+    )
+    rows = []
+    for name in servers:
+        s = summary["servers"][name]
+        for phase in ("latency", "throughput"):
+            v = s.get(phase)
+            if not v:
+                continue
+            c = v["core_us"]
+            rows.append(
+                [
+                    label(name),
+                    phase,
+                    f"{c['user']:.2f}",
+                    f"{c['system']:.2f}",
+                    f"{c['softirq']:.2f}",
+                    f"{c['user'] + c['system'] + c['softirq']:.2f}",
+                    f"{v['cpu_us']:.2f}",
+                ]
+            )
+    print(
+        bl.format_table(
+            ["server", "phase", "user", "system", "softirq", "sum", "workers"],
+            rows,
+            align="llrrrrr",
+        )
+    )
     ratios = summary["ratios_vs_raw"]
     if ratios:
         print()
@@ -1417,17 +1518,12 @@ def main(argv=None) -> int:
 
     bl.pin_self_to_client_core()
     limits = raise_fd_limits(2 * args.subscribers + 2048)
-    if limits[0] < 2 * args.subscribers + 256:
-        print(
-            f"warning: open-file limit is {limits[0]}; flask-websocket needs about two per "
-            "connection in the worker (raise `ulimit -n`)",
-            file=sys.stderr,
-        )
+    args.fd_limit = limits[0]
     fd_warnings = []
     for name in servers:
         d = SERVER_DEFS[name]
         per_worker = math.ceil(args.subscribers / d["processes"]) + 1  # + the publisher
-        need = per_worker * (1 if name == "raw" else 2) + FD_OVERHEAD
+        need = fd_need(name, args.subscribers)
         if need > limits[0]:
             fd_warnings.append(
                 f"{label(name)}: a worker may need ~{need} descriptors for {per_worker} "
@@ -1491,7 +1587,7 @@ def main(argv=None) -> int:
                 print(", ".join(bits))
             time.sleep(0.5)
     summary = summarize(runs, servers)
-    targets = evaluate_targets(summary, args)
+    targets = evaluate_targets(summary, runs, args)
     print_report(runs, summary, targets, servers, skipped, args)
     changed = bl.code_changed_warning(runs, CODE_UNDER_TEST)
     if changed:

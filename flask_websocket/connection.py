@@ -463,13 +463,7 @@ class WebSocketConnection:
     def finish(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Close (if still open) and release everything; never raises."""
         try:
-            if self._opener is not None:
-                self.accept()
-            if not self._torn_down:
-                if self._protocol.open:
-                    self._protocol.send_close(code, reason)
-                    self._flush_protocol()
-                self._wait_closed()
+            self.close(code, reason)
         except Exception:  # pragma: no cover - defensive: the request must end
             logger.exception("error while closing a WebSocket connection")
         finally:
