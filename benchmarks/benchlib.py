@@ -152,6 +152,10 @@ class Server:
     ws_path: str | None = None
     extra_args: list = field(default_factory=list)
     extra_env: dict = field(default_factory=dict)
+    # Wait for this many "spawned uWSGI worker" lines before the server counts
+    # as ready (with --processes N, later workers are spawned after the first
+    # one already serves; CPU sampling must see them all).
+    expect_workers: int = 1
 
     @property
     def module(self) -> str:
@@ -224,7 +228,11 @@ class Server:
             workers, routers = [], []
             for kind, pid in _SPAWN_RE.findall(text):
                 (workers if kind == "worker" else routers).append(int(pid))
-            if workers and (routers or not want_router) and self._port_open():
+            if (
+                len(workers) >= max(1, self.expect_workers)
+                and (routers or not want_router)
+                and self._port_open()
+            ):
                 try:
                     master = psutil.Process(self.proc.pid)
                     children = {c.pid: c for c in master.children(recursive=False)}

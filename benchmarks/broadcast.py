@@ -183,7 +183,9 @@ class State:
         # recording: deliveries of seq >= rec_lo while `recording`
         self.recording = False
         self.rec_lo = 0
-        self.lat = array("q")
+        self.lat: dict = {}  # worker pid -> array of latencies (ns)
+        self.pub_pid = 0
+        self.pub_ready: asyncio.Future | None = None
         self.win_count = 0
         # phase control
         self.tp_running = False
@@ -275,7 +277,7 @@ class SubListener(picows.WSListener):
             return
         self.count += 1
         if st.recording and seq >= st.rec_lo:
-            st.lat.append(now - st.t_send[seq])
+            st.lat[self.pid].append(now - st.t_send[seq])
             st.win_count += 1
         got = st.got
         n = got[seq] + 1
@@ -320,10 +322,16 @@ class PubListener(picows.WSListener):
 
     def on_ws_frame(self, transport, frame):
         mt = frame.msg_type
+        st = self.st
         if mt is CLOSE:
-            self.st.note_close(frame)
+            st.note_close(frame)
+        elif mt is TEXT and frame.get_payload_as_bytes().startswith(b"ready "):
+            with contextlib.suppress(ValueError):
+                st.pub_pid = int(frame.get_payload_as_bytes()[6:])
+            if st.pub_ready is not None and not st.pub_ready.done():
+                st.pub_ready.set_result(st.pub_pid)
         elif mt is not PING and mt is not PONG:
-            self.st.unexpected_frames += 1
+            st.unexpected_frames += 1
 
     def on_ws_disconnected(self, transport):
         if not self.st.closing:
@@ -578,6 +586,11 @@ async def run_client(server: bl.Server, args, processes: int, redis: RedisServer
         CONNECT_TIMEOUT + 1,
     )
     st.pub_transport = pub_transport
+    if not st.pub_pid:  # the app says which worker holds the publisher
+        st.pub_ready = loop.create_future()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(st.pub_ready, JOIN_TIMEOUT)
+    out["publisher_worker"] = st.pub_pid
     await asyncio.sleep(0.5)  # let the server settle after the connection storm
 
     def snapshot() -> dict:
@@ -593,7 +606,29 @@ async def run_client(server: bl.Server, args, processes: int, redis: RedisServer
             "server_core": server_core_times(),
         }
 
-    def window_stats(s: dict, e: dict, deliveries: int, lat: array) -> dict:
+    pids = sorted({lst.pid for _, lst in subs})
+
+    def new_lat() -> dict:
+        return {pid: array("q") for pid in pids}
+
+    def lat_summary(values) -> dict:
+        v = sorted(values)
+        return {
+            "deliveries": len(v),
+            "p50": bl.percentile(v, 50) / 1e6,
+            "p99": bl.percentile(v, 99) / 1e6,
+            "max": v[-1] / 1e6 if v else float("nan"),
+        }
+
+    def window_stats(s: dict, e: dict, deliveries: int, lat_by_pid: dict) -> dict:
+        lat = array("q")
+        for a in lat_by_pid.values():
+            lat.extend(a)
+        by_worker = {}
+        if len(lat_by_pid) > 1:
+            for pid, a in lat_by_pid.items():
+                key = "publisher's worker" if pid == st.pub_pid else f"worker {pid}"
+                by_worker[key] = lat_summary(a)
         window = e["t"] - s["t"]
         worker = e["worker_cpu"] - s["worker_cpu"]
         master = e["master_cpu"] - s["master_cpu"]
@@ -618,6 +653,7 @@ async def run_client(server: bl.Server, args, processes: int, redis: RedisServer
                 "max": lat_s[-1] / 1e6 if lat_s else float("nan"),
                 "mean": sum(lat_s) / len(lat_s) / 1e6 if lat_s else float("nan"),
             },
+            "latency_ms_by_worker": by_worker,
             "worker_cpu_s": worker,
             "master_cpu_s": master,
             "redis_cpu_s": rcpu,
@@ -662,6 +698,26 @@ async def run_client(server: bl.Server, args, processes: int, redis: RedisServer
             return False
 
     phases: dict = {}
+    lags: list = []
+
+    async def lag_probe():
+        # how late the client's event loop wakes up: frames wait that long too
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            lags.append(time.monotonic() - before - 0.01)
+
+    def lag_stats() -> dict:
+        v = sorted(lags)
+        lags.clear()
+        return {
+            "samples": len(v),
+            "p50_ms": bl.percentile(v, 50) * 1e3,
+            "p99_ms": bl.percentile(v, 99) * 1e3,
+            "max_ms": v[-1] * 1e3 if v else float("nan"),
+        }
+
+    probe = asyncio.ensure_future(lag_probe())
     try:
         if "latency" in args.phases:
             # warm-up broadcasts at the same rate, then B measured ones
@@ -672,9 +728,10 @@ async def run_client(server: bl.Server, args, processes: int, redis: RedisServer
                 await asyncio.sleep(interval)
             ok = await wait_completed(st.n_sent, DRAIN_TIMEOUT)
             st.rec_lo = st.n_sent
-            st.lat = array("q")
+            st.lat = new_lat()
             st.win_count = 0
             s = snapshot()
+            lags.clear()
             st.recording = True
             t0 = loop.time()
             done = loop.create_future()
@@ -712,21 +769,23 @@ async def run_client(server: bl.Server, args, processes: int, redis: RedisServer
                 }
             )
             res["lost"] = sum(args.subscribers - st.got[q] for q in range(first, st.n_sent))
+            res["client_loop_lag"] = lag_stats()
             phases["latency"] = res
 
         if "throughput" in args.phases:
             first = st.n_sent
             st.rec_lo = 0
-            st.lat = array("q")
+            st.lat = new_lat()
             st.win_count = 0
             st.recording = False
             stalled = False
             marks: dict = {}
 
             def begin():
+                lags.clear()
                 marks["s"] = snapshot()
                 st.win_count = 0
-                st.lat = array("q")
+                st.lat = new_lat()
                 st.recording = True
 
             def end():
@@ -738,15 +797,25 @@ async def run_client(server: bl.Server, args, processes: int, redis: RedisServer
             base_completed = st.completed
             for _ in range(args.window):
                 st.send()
-            loop.call_later(args.warmup, begin)
-            loop.call_later(args.warmup + args.duration, end)
-            deadline = loop.time() + args.warmup + args.duration
-            last_completed, last_progress = st.completed, loop.time()
-            while loop.time() < deadline and st.tp_running:
-                await asyncio.sleep(0.1)
+            t_start = time.monotonic()
+            t_begin = t_start + args.warmup
+            deadline = t_begin + args.duration
+            last_completed, last_progress = st.completed, t_start
+            max_lag = 0.0
+            # the marks are taken here rather than by timers: the sleeps show
+            # how late the event loop runs (max_lag), which timers would hide
+            while st.tp_running:
+                before = time.monotonic()
+                await asyncio.sleep(0.05)
+                now = time.monotonic()
+                max_lag = max(max_lag, now - before - 0.05)
+                if "s" not in marks and now >= t_begin:
+                    begin()
+                if now >= deadline:
+                    break
                 if st.completed != last_completed:
-                    last_completed, last_progress = st.completed, loop.time()
-                elif loop.time() - last_progress > STALL_TIMEOUT:
+                    last_completed, last_progress = st.completed, time.monotonic()
+                elif time.monotonic() - last_progress > STALL_TIMEOUT:
                     stalled = True
                     break
                 if st.n_sent - first >= args.max_broadcasts:
@@ -757,8 +826,14 @@ async def run_client(server: bl.Server, args, processes: int, redis: RedisServer
                 end()
             drained = await wait_completed(st.n_sent, DRAIN_TIMEOUT)
             res = window_stats(marks["s"], marks["e"], st.win_count, st.lat)
+            if res["window_s"] < 0.5 * args.duration and not stalled:
+                raise bl.ServerError(
+                    f"{server.name}: throughput window collapsed to {res['window_s']:.3f} s "
+                    f"(client event loop late by up to {max_lag:.2f} s)"
+                )
             res.update(
                 {
+                    "client_loop_max_lag_s": max_lag,
                     "window": args.window,
                     "broadcasts": st.n_sent - first,
                     "broadcasts_completed": st.completed - base_completed,
@@ -770,8 +845,10 @@ async def run_client(server: bl.Server, args, processes: int, redis: RedisServer
                 }
             )
             res["lost"] = sum(args.subscribers - st.got[q] for q in range(first, st.n_sent))
+            res["client_loop_lag"] = lag_stats()
             phases["throughput"] = res
     finally:
+        probe.cancel()
         await asyncio.sleep(0.2)
         await close_all([pub_transport])
 
@@ -842,6 +919,7 @@ def run_one(name: str, rnd: int, args, stamp: str, attempt: int = 1) -> dict:
             ws_path="/sub",
             extra_args=extra_args,
             extra_env=env,
+            expect_workers=d["processes"],
         )
         try:
             with server:
@@ -849,6 +927,10 @@ def run_one(name: str, rnd: int, args, stamp: str, attempt: int = 1) -> dict:
                 rec["hub_url"] = env.get("WEBSOCKET_HUB_URL")
                 rec["code_fingerprint"] = bl.code_fingerprint(CODE_UNDER_TEST)
                 rec["worker_pids"] = [w.pid for w in server.workers]
+                if len(server.workers) != d["processes"]:
+                    raise bl.ServerError(
+                        f"{name}: found {len(server.workers)} workers, expected {d['processes']}"
+                    )
                 res = bl.run_uvloop(lambda: run_client(server, args, d["processes"], redis))
                 server.check_alive()
                 if redis is not None and redis.proc.poll() is not None:
@@ -1123,13 +1205,14 @@ def print_report(runs, summary, targets, servers, skipped, args) -> None:
         "worker CPU",
         "redis CPU",
         "client CPU",
+        "client lag p99",
         "other CPU",
         "lost",
     ]
     rows = []
     for r in runs:
         if "error" in r:
-            rows.append([str(r["round"]), label(r["server"]), "ERROR"] + [""] * 10)
+            rows.append([str(r["round"]), label(r["server"]), "ERROR"] + [""] * 11)
             continue
         for phase, p in r.get("phases", {}).items():
             rows.append(
@@ -1145,6 +1228,7 @@ def print_report(runs, summary, targets, servers, skipped, args) -> None:
                     f"{p['worker_cpu_util'] * 100:.0f}%",
                     f"{p['redis_cpu_util'] * 100:.1f}%" if r["server"] == "redis" else "-",
                     f"{p['client_cpu_util'] * 100:.0f}%",
+                    f"{p['client_loop_lag']['p99_ms']:.1f} ms" if "client_loop_lag" in p else "-",
                     f"{p['other_cpu_util'] * 100:.0f}%" + (" *" if r.get("noisy") else ""),
                     str(p["lost"]),
                 ]
@@ -1153,6 +1237,7 @@ def print_report(runs, summary, targets, servers, skipped, args) -> None:
     print(
         "(deliv/s: deliveries received per second; CPU us/dlv: user+system CPU of all uWSGI "
         "workers / deliveries; worker CPU: in % of one core, summed over workers; "
+        "client lag: how late the client's event loop woke up, frames wait as long; "
         "other CPU: everything else on the machine, * = noisy after retries)"
     )
     print()

@@ -5,8 +5,9 @@ Two routes:
 * ``/sub`` - a subscriber: joins room ``"bench"``, sends one text message
   ``"joined <worker pid>"`` (so the client knows the join is done and which
   worker holds it), then waits in ``receive()`` until the peer leaves.
-* ``/pub`` - the publisher: every message it receives is broadcast to the
-  room with ``websocket.broadcast(message, room="bench")``.
+* ``/pub`` - the publisher: sends ``"ready <worker pid>"`` once, then every
+  message it receives is broadcast to the room with
+  ``websocket.broadcast(message, room="bench")``.
 
 The hub comes from the ``WEBSOCKET_HUB_URL`` environment variable
 (``memory://`` if unset; ``local://``, ``redis://host:port/db``), and is
@@ -45,7 +46,8 @@ def sub(ws: WebSocketConnection) -> None:
 
 @websocket.route("/pub")
 def pub(ws: WebSocketConnection) -> None:
-    """Broadcast every received message to the room."""
+    """Say which worker this is, then broadcast every received message to the room."""
+    ws.send(f"ready {os.getpid()}")
     while True:
         message = ws.receive()
         websocket.broadcast(message, room=ROOM)  # type: ignore[arg-type]

@@ -11,7 +11,8 @@ without messages, and every 256 messages) to answer pings and notice closes.
 Paths (any other path is a subscriber):
 
 * ``/sub`` - subscriber: sends ``"joined <worker pid>"`` once registered.
-* ``/pub`` - publisher: each received message goes to every subscriber.
+* ``/pub`` - publisher: sends ``"ready <worker pid>"``, then each received
+  message goes to every subscriber.
 
 Run under uWSGI with gevent, from the repository root::
 
@@ -45,6 +46,7 @@ def app(env, start_response):
 
 
 def publish():
+    uwsgi.websocket_send(f"ready {os.getpid()}".encode())
     while True:
         try:
             msg = uwsgi.websocket_recv()
