@@ -30,7 +30,11 @@ Every message carries a sequence number and its send timestamp; each
 subscriber checks it receives every broadcast once, in order (losses,
 duplicates, out-of-order are counted) and byte-for-byte as sent. Server CPU
 is user+system of all uWSGI workers (psutil); the redis-server's own CPU is
-shown separately.
+shown separately. The flask-websocket publisher route answers each broadcast
+with the server's clock once ``broadcast()`` returned (server-side fan-out
+time), and a timer in the client measures how late the client's event loop
+runs: with 10 000 subscribers the single client core is nearly saturated and
+part of the subscriber-side latency is the client's own queue.
 
 Usage::
 
@@ -186,6 +190,8 @@ class State:
         self.lat: dict = {}  # worker pid -> array of latencies (ns)
         self.pub_pid = 0
         self.pub_ready: asyncio.Future | None = None
+        self.fanout = array("q")  # server-side fan-out times (ns), from the "done" acks
+        self.acks = 0
         self.win_count = 0
         # phase control
         self.tp_running = False
@@ -325,6 +331,17 @@ class PubListener(picows.WSListener):
         st = self.st
         if mt is CLOSE:
             st.note_close(frame)
+        elif mt is TEXT and frame.get_payload_as_bytes().startswith(b"done "):
+            # "done <seq> <server monotonic ns>": broadcast() returned then
+            try:
+                _, seq_b, t_b = frame.get_payload_as_bytes().split(b" ")
+                seq, t_done = int(seq_b), int(t_b)
+            except ValueError:
+                st.unexpected_frames += 1
+                return
+            st.acks += 1
+            if st.recording and st.rec_lo <= seq < st.n_sent:
+                st.fanout.append(t_done - st.t_send[seq])
         elif mt is TEXT and frame.get_payload_as_bytes().startswith(b"ready "):
             with contextlib.suppress(ValueError):
                 st.pub_pid = int(frame.get_payload_as_bytes()[6:])
@@ -436,10 +453,9 @@ def redis_unavailable() -> str | None:
 # one run
 
 
-def server_core_times() -> dict:
-    """CPU-seconds of the server core since boot, by kind (user, system, softirq, idle...)."""
-    t = psutil.cpu_times(percpu=True)[bl.SERVER_CORE]
-    return t._asdict()
+def core_times(core: int) -> dict:
+    """CPU-seconds of one core since boot, by kind (user, system, softirq, idle...)."""
+    return psutil.cpu_times(percpu=True)[core]._asdict()
 
 
 def ws_url(server: bl.Server, path: str) -> str:
@@ -603,7 +619,8 @@ async def run_client(server: bl.Server, args, processes: int, redis: RedisServer
             "machine_busy": bl.machine_busy_cpu(),
             "machine_steal": bl.machine_steal_cpu(),
             "core_idle": bl.core_idle_cpu(),
-            "server_core": server_core_times(),
+            "server_core": core_times(bl.SERVER_CORE),
+            "client_core": core_times(bl.CLIENT_CORE),
         }
 
     pids = sorted({lst.pid for _, lst in subs})
@@ -641,6 +658,10 @@ async def run_client(server: bl.Server, args, processes: int, redis: RedisServer
             for k in e["server_core"]
         }
         core_busy = 1.0 - core.get("idle", 0.0) - core.get("iowait", 0.0) - core.get("steal", 0.0)
+        client_core = {
+            k: (e["client_core"][k] - s["client_core"][k]) / window if window > 0 else 0.0
+            for k in e["client_core"]
+        }
         return {
             "deliveries": deliveries,
             "window_s": window,
@@ -654,6 +675,10 @@ async def run_client(server: bl.Server, args, processes: int, redis: RedisServer
                 "mean": sum(lat_s) / len(lat_s) / 1e6 if lat_s else float("nan"),
             },
             "latency_ms_by_worker": by_worker,
+            # publisher send -> broadcast() returned in the publisher's worker
+            # (flask-websocket only): the server side alone, without the time
+            # frames wait for the client to read them
+            "server_fanout_ms": lat_summary(st.fanout) if st.fanout else None,
             "worker_cpu_s": worker,
             "master_cpu_s": master,
             "redis_cpu_s": rcpu,
@@ -674,6 +699,7 @@ async def run_client(server: bl.Server, args, processes: int, redis: RedisServer
             # where the server core's time went (user, system, softirq, ...), in
             # cores: softirq is mostly loopback TCP, which no process is charged for
             "server_core_util": core,
+            "client_core_util": client_core,
             "server_core_busy_util": core_busy,
             "server_core_us_per_delivery": core_busy * window / deliveries * 1e6
             if deliveries
@@ -729,6 +755,7 @@ async def run_client(server: bl.Server, args, processes: int, redis: RedisServer
             ok = await wait_completed(st.n_sent, DRAIN_TIMEOUT)
             st.rec_lo = st.n_sent
             st.lat = new_lat()
+            st.fanout = array("q")
             st.win_count = 0
             s = snapshot()
             lags.clear()
@@ -776,6 +803,7 @@ async def run_client(server: bl.Server, args, processes: int, redis: RedisServer
             first = st.n_sent
             st.rec_lo = 0
             st.lat = new_lat()
+            st.fanout = array("q")
             st.win_count = 0
             st.recording = False
             stalled = False
@@ -786,6 +814,7 @@ async def run_client(server: bl.Server, args, processes: int, redis: RedisServer
                 marks["s"] = snapshot()
                 st.win_count = 0
                 st.lat = new_lat()
+                st.fanout = array("q")
                 st.recording = True
 
             def end():
@@ -1026,6 +1055,33 @@ def summarize(runs: list[dict], servers: list[str]) -> dict:
                 "client_cpu_util": bl.median(col(lambda p: p["client_cpu_util"])),
                 "client_cpu_util_max": max(col(lambda p: p["client_cpu_util"])),
                 "lost": sum(col(lambda p: p["lost"])),
+                "fanout_p99_ms": bl.median(
+                    col(
+                        lambda p: (
+                            p["server_fanout_ms"]["p99"]
+                            if p.get("server_fanout_ms")
+                            else float("nan")
+                        )
+                    )
+                ),
+                "fanout_p99_ms_max": max(
+                    col(
+                        lambda p: (
+                            p["server_fanout_ms"]["p99"]
+                            if p.get("server_fanout_ms")
+                            else float("-inf")
+                        )
+                    )
+                ),
+                "client_lag_p99_ms": bl.median(
+                    col(
+                        lambda p: (
+                            p["client_loop_lag"]["p99_ms"]
+                            if p.get("client_loop_lag")
+                            else float("nan")
+                        )
+                    )
+                ),
                 # the server core's time per delivery, by kind (us): where the CPU goes
                 "core_us": {
                     kind: bl.median(
@@ -1130,7 +1186,10 @@ def evaluate_targets(summary: dict, runs: list[dict], args) -> list[dict]:
                     f"N={args.subscribers}, rate {args.rate:g}/s: lost {mem['lost']}, dup "
                     f"{mem['duplicates']}, reordered {mem['out_of_order']}, failed rounds "
                     f"{len(failed)}; p99 {mem['latency']['p99_ms']:.1f} ms median, "
-                    f"{p99max:.1f} ms worst round"
+                    f"{p99max:.1f} ms worst round (server-side fan-out p99 "
+                    f"{mem['latency']['fanout_p99_ms']:.1f} ms median, "
+                    f"{mem['latency']['fanout_p99_ms_max']:.1f} ms worst; client loop lag p99 "
+                    f"{mem['latency']['client_lag_p99_ms']:.1f} ms)"
                 ),
                 "met": (zero_loss and p99max < TARGET_P99_MS) if applicable else None,
                 "note": note,
@@ -1290,6 +1349,8 @@ def print_report(runs, summary, targets, servers, skipped, args) -> None:
         "server",
         "lat p50 ms",
         "lat p99 ms",
+        "srv fan-out p99",
+        "client lag p99",
         "lat CPU us/dlv",
         "tput deliv/s",
         "tput CPU us/dlv",
@@ -1301,7 +1362,7 @@ def print_report(runs, summary, targets, servers, skipped, args) -> None:
     for name in servers:
         s = summary["servers"][name]
         if not s["rounds_ok"]:
-            rows.append([label(name), "FAILED"] + [""] * 6 + [f"0/{s['rounds']}"])
+            rows.append([label(name), "FAILED"] + [""] * 8 + [f"0/{s['rounds']}"])
             continue
         lat, tp = s.get("latency"), s.get("throughput")
         client = max([p["client_cpu_util_max"] for p in (lat, tp) if p] or [float("nan")])
@@ -1311,6 +1372,12 @@ def print_report(runs, summary, targets, servers, skipped, args) -> None:
                 f"{lat['p50_ms']:.2f}" if lat else "-",
                 f"{lat['p99_ms']:.2f} [{lat['p99_ms_min']:.1f}-{lat['p99_ms_max']:.1f}]"
                 if lat
+                else "-",
+                f"{lat['fanout_p99_ms']:.1f} ms"
+                if lat and not math.isnan(lat["fanout_p99_ms"])
+                else "-",
+                f"{lat['client_lag_p99_ms']:.1f} ms"
+                if lat and not math.isnan(lat["client_lag_p99_ms"])
                 else "-",
                 f"{lat['cpu_us']:.2f}" if lat else "-",
                 f"{fmt_int(tp['deliveries_per_s'])} "
@@ -1326,6 +1393,11 @@ def print_report(runs, summary, targets, servers, skipped, args) -> None:
             ]
         )
     print(bl.format_table(headers, rows, align="l" + "r" * (len(headers) - 1)))
+    print(
+        "(lat: latency phase; srv fan-out: publisher send until broadcast() returned in the "
+        "publisher's worker, p99 - the server side without the client's reading; client lag: "
+        "how late the client's event loop ran, p99; tput: throughput phase)"
+    )
     print()
     print(
         f"Server core (core {bl.SERVER_CORE}) time per delivery, us, by kind "

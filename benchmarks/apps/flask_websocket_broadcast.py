@@ -7,7 +7,8 @@ Two routes:
   worker holds it), then waits in ``receive()`` until the peer leaves.
 * ``/pub`` - the publisher: sends ``"ready <worker pid>"`` once, then every
   message it receives is broadcast to the room with
-  ``websocket.broadcast(message, room="bench")``.
+  ``websocket.broadcast(message, room="bench")`` and acknowledged with
+  ``"done <seq> <time.monotonic_ns()>"`` once ``broadcast()`` returned.
 
 The hub comes from the ``WEBSOCKET_HUB_URL`` environment variable
 (``memory://`` if unset; ``local://``, ``redis://host:port/db``), and is
@@ -23,6 +24,7 @@ root::
 from __future__ import annotations
 
 import os
+import time
 
 from flask import Flask
 
@@ -46,8 +48,17 @@ def sub(ws: WebSocketConnection) -> None:
 
 @websocket.route("/pub")
 def pub(ws: WebSocketConnection) -> None:
-    """Say which worker this is, then broadcast every received message to the room."""
+    """Say which worker this is, then broadcast every received message to the room.
+
+    After each broadcast, tell the publisher when ``broadcast()`` returned
+    (``"done <first 8 characters of the message> <time.monotonic_ns()>"``):
+    by then every member in this worker has the frame written to its socket
+    or queued, and the hub has it for the other workers. The client (same
+    machine, same clock) turns it into the server-side fan-out time, which
+    excludes the time frames wait for the client to read them.
+    """
     ws.send(f"ready {os.getpid()}")
     while True:
         message = ws.receive()
         websocket.broadcast(message, room=ROOM)  # type: ignore[arg-type]
+        ws.send(f"done {message[:8]} {time.monotonic_ns()}")  # type: ignore[index]
