@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
@@ -26,7 +25,7 @@ import psutil
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from tests.uwsgi_server import REPO_ROOT, UWSGI, UwsgiServer, free_port
+from tests.uwsgi_server import REPO_ROOT, UWSGI, UwsgiServer, free_port, poll_until
 
 # Tests that start uWSGI carry the ``uwsgi`` mark; the dry runs only import the app.
 pytestmark = [pytest.mark.timeout(120)]
@@ -38,13 +37,7 @@ WAIT = 20.0
 
 def wait_for(predicate: Callable[[], bool], timeout: float = WAIT, interval: float = 0.05) -> bool:
     """Poll ``predicate`` until it is true or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
+    return poll_until(predicate, timeout, interval)
 
 
 def ws_connect(url: str) -> ClientConnection:

@@ -24,7 +24,7 @@ import pytest
 from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from tests.uwsgi_server import UwsgiServer
+from tests.uwsgi_server import UwsgiServer, poll_until
 
 pytestmark = [pytest.mark.uwsgi, pytest.mark.timeout(120)]
 
@@ -40,13 +40,7 @@ WAIT = 10.0
 
 def wait_for(predicate: Callable[[], bool], timeout: float = WAIT, interval: float = 0.05) -> bool:
     """Poll ``predicate`` until it is true or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
+    return poll_until(predicate, timeout, interval)
 
 
 def ws_connect(url: str, **kwargs: object) -> ClientConnection:
