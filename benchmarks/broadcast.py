@@ -990,7 +990,7 @@ def run_one(name: str, rnd: int, args, stamp: str, attempt: int = 1) -> dict:
 def fd_need(name: str, subscribers: int) -> int:
     """Descriptors the busiest worker of `name` needs for `subscribers` + the publisher."""
     per_worker = math.ceil(subscribers / SERVER_DEFS[name]["processes"]) + 1
-    return per_worker * (1 if name == "raw" else 2) + FD_OVERHEAD
+    return per_worker + FD_OVERHEAD  # one fd per connection, raw uWSGI and ours alike
 
 
 def run_failed(rec: dict) -> bool:
@@ -1527,9 +1527,9 @@ def print_report(runs, summary, targets, servers, skipped, args) -> None:
 def raise_fd_limits(wanted: int) -> tuple[int, int]:
     """Raise this process's open-file limit (soft, and hard if allowed) to `wanted`.
 
-    uWSGI inherits it: each flask-websocket connection holds two descriptors
-    in the worker (uWSGI's and the library's duplicate), so 10 000
-    subscribers need over 20 000.
+    uWSGI inherits it: each connection holds one descriptor in the worker
+    (flask-websocket borrows uWSGI's), and the client holds one per
+    subscriber too.
     """
     import resource
 
@@ -1674,7 +1674,7 @@ def main(argv=None) -> int:
             print(f"note: skipping the redis hub server: {why}")
 
     bl.pin_self_to_client_core()
-    limits = raise_fd_limits(2 * args.subscribers + 2048)
+    limits = raise_fd_limits(args.subscribers + 2048)
     args.fd_limit = limits[0]
     fd_warnings = []
     for name in servers:
@@ -1684,7 +1684,7 @@ def main(argv=None) -> int:
         if need > limits[0]:
             fd_warnings.append(
                 f"{label(name)}: a worker may need ~{need} descriptors for {per_worker} "
-                f"connections ({'one' if name == 'raw' else 'two'} per connection) but the "
+                "connections (one per connection) but the "
                 f"open-file limit is {limits[0]}; connections beyond it will hang in the "
                 "listen queue"
             )

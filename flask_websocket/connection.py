@@ -16,13 +16,26 @@ from __future__ import annotations
 
 import _socket
 import contextlib
+import functools
 import logging
 import os
 import socket
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Deque, FrozenSet, Iterator, List, Optional, Set, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Deque,
+    FrozenSet,
+    Iterator,
+    List,
+    Optional,
+    Set,
+    TypeVar,
+    Union,
+)
 
 from . import transport
 from .close_codes import CloseCode
@@ -33,7 +46,9 @@ from .protocol import OP_BINARY, OP_TEXT, Message, ServerProtocol, encode_frame,
 if TYPE_CHECKING:  # pragma: no cover
     from .rooms import RoomRegistry
 
-__all__ = ["OVERFLOW_POLICIES", "ConnectionOptions", "WebSocketConnection"]
+__all__ = ["OVERFLOW_POLICIES", "ConnectionOptions", "GuardedConnection", "WebSocketConnection"]
+
+_T = TypeVar("_T")
 
 logger = logging.getLogger("flask_websocket")
 
@@ -296,6 +311,16 @@ class WebSocketConnection:
         if self.closed:
             raise self._protocol.closed_exception()
         return None
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds`` the way this server's model allows, letting other connections run.
+
+        ``gevent.sleep`` under gevent, the thread's sleep under threads, a
+        suspended core under uWSGI's async modes: use it between
+        :meth:`recv_nb` polls instead of ``time.sleep``, which would stop a
+        whole gevent or async worker.
+        """
+        self._backend.sleep(seconds)
 
     def send(self, message: Union[str, bytes, bytearray, memoryview]) -> None:
         """Send a message: ``str`` as a text frame, bytes-like as a binary frame.
@@ -719,9 +744,51 @@ class WebSocketConnection:
             self._registry.remove(self)
         self._send_queue_bytes = 0
         if self._sock is not None:
-            self._sock.close()
+            transport.release_socket(self._sock)  # the server closes the fd
         if self._drained is not None:
             self._drained.set()
         if self._closed_event is not None:
             self._closed_event.set()
         self._inbox_wakeup.notify()
+
+
+def _guarded(method: Callable[..., _T]) -> Callable[..., _T]:
+    @functools.wraps(method)
+    def call_under_guard(self: WebSocketConnection, *args: Any, **kwargs: Any) -> _T:
+        with self._backend.guard:
+            return method(self, *args, **kwargs)
+
+    return call_under_guard
+
+
+class GuardedConnection(WebSocketConnection):
+    """A connection for models whose event loop runs in another OS thread.
+
+    Every call holds the backend's :attr:`~flask_websocket.concurrency.base.Backend.guard`
+    (released while the call sleeps), so handler threads, uWSGI async cores
+    and the loop thread take turns exactly as greenlets do under gevent.
+    """
+
+    __slots__ = ()
+
+    accept = _guarded(WebSocketConnection.accept)
+    join = _guarded(WebSocketConnection.join)
+    leave = _guarded(WebSocketConnection.leave)
+    receive = _guarded(WebSocketConnection.receive)
+    recv = receive
+    recv_nb = _guarded(WebSocketConnection.recv_nb)
+    send = _guarded(WebSocketConnection.send)
+    send_binary = _guarded(WebSocketConnection.send_binary)
+    send_from_sharedarea = _guarded(WebSocketConnection.send_from_sharedarea)
+    send_binary_from_sharedarea = _guarded(WebSocketConnection.send_binary_from_sharedarea)
+    send_nowait = _guarded(WebSocketConnection.send_nowait)
+    offer_frame = _guarded(WebSocketConnection.offer_frame)
+    send_frame = _guarded(WebSocketConnection.send_frame)
+    close = _guarded(WebSocketConnection.close)
+    finish = _guarded(WebSocketConnection.finish)
+
+    @property
+    def id(self) -> str:
+        """This connection's id, unique across every process and host of the app."""
+        with self._backend.guard:
+            return WebSocketConnection.id.fget(self)  # type: ignore[attr-defined,no-any-return]

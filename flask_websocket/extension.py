@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Type, TypeVar, Union
 
@@ -23,8 +24,13 @@ from . import transport
 from .close_codes import CloseCode
 from .concurrency import backend_for_server
 from .concurrency.base import Backend
-from .connection import OVERFLOW_POLICIES, ConnectionOptions, WebSocketConnection
-from .exceptions import ConnectionClosed
+from .connection import (
+    OVERFLOW_POLICIES,
+    ConnectionOptions,
+    GuardedConnection,
+    WebSocketConnection,
+)
+from .exceptions import ConfigurationError, ConnectionClosed
 from .hubs import Hub, create_hub
 from .hubs.base import KIND_ALL, KIND_DIRECT, KIND_ROOM, Envelope, check_room
 from .protocol import ServerProtocol, encode_message, request_headers_from_environ
@@ -88,6 +94,7 @@ class _State:
         self._backend: Optional[Backend] = None
         self._hub: Optional[Hub] = None
         self._hub_pid = 0
+        self._hub_lock = threading.Lock()  # threads: one hub per process
 
     @property
     def backend(self) -> Backend:
@@ -102,20 +109,36 @@ class _State:
         Made per process: uWSGI forks workers after loading the app, and a
         hub's sockets and listener belong to the process that made them.
         """
-        if self._hub is None or self._hub_pid != os.getpid():
-            config = self.app.config
-            # The local hub by default, even for one worker: it costs a socket
-            # and an idle greenlet, and lets other processes on the host (more
-            # workers, a `flask` CLI command) broadcast to this one.
-            url = config["WEBSOCKET_HUB_URL"] or ("local://" if _LINUX else "memory://")
-            options = dict(config["WEBSOCKET_HUB_OPTIONS"] or {})
-            options.setdefault("name", self.app.import_name)
-            registry = RoomRegistry()
-            hub = create_hub(url, registry, options)
-            registry.hub = hub
-            self._hub, self._hub_pid = hub, os.getpid()
-            hub.start()  # listen now: this process holds (or is about to hold) members
-        return self._hub
+        hub = self._hub
+        if hub is None or self._hub_pid != os.getpid():
+            with self._hub_lock:
+                if self._hub is None or self._hub_pid != os.getpid():
+                    self._start_hub()
+                hub = self._hub
+                assert hub is not None
+        return hub
+
+    def _start_hub(self) -> None:
+        config = self.app.config
+        gevent = self.backend.guard is None
+        # The local hub by default under gevent, even for one worker: it costs
+        # a socket and an idle greenlet, and lets other processes on the host
+        # (more workers, a `flask` CLI command) broadcast to this one.
+        default = "local://" if _LINUX and gevent else "memory://"
+        url = config["WEBSOCKET_HUB_URL"] or default
+        if not gevent and not url.startswith("memory:"):
+            raise ConfigurationError(
+                f"WEBSOCKET_HUB_URL {url!r} needs uWSGI's gevent loop (--gevent N); "
+                f"under the {self.backend.name} model only memory:// (rooms and "
+                "broadcast inside each worker process) is available"
+            )
+        options = dict(config["WEBSOCKET_HUB_OPTIONS"] or {})
+        options.setdefault("name", self.app.import_name)
+        registry = RoomRegistry()
+        hub = create_hub(url, registry, options)
+        registry.hub = hub
+        self._hub, self._hub_pid = hub, os.getpid()
+        hub.start()  # listen now: this process holds (or is about to hold) members
 
     @property
     def registry(self) -> RoomRegistry:
@@ -307,7 +330,12 @@ class WebSocket:
 
     def members(self, room: str) -> List[str]:
         """Ids of the connections in ``room``, across every process of the app."""
-        return self._state().hub.members(room)
+        state = self._state()
+        guard = state.backend.guard
+        if guard is None:
+            return state.hub.members(room)
+        with guard:
+            return state.hub.members(room)
 
     def _publish(
         self,
@@ -319,10 +347,15 @@ class WebSocket:
         opcode, payload = encode_message(message, "broadcast")
         if isinstance(skip, WebSocketConnection):
             skip = skip.id
-        hub = self._state().hub
-        hub.publish(
-            Envelope(kind, opcode, payload, target, skip or "", origin=hub.registry.node_id)
-        )
+        state = self._state()
+        hub = state.hub
+        envelope = Envelope(kind, opcode, payload, target, skip or "", origin=hub.registry.node_id)
+        guard = state.backend.guard
+        if guard is None:
+            hub.publish(envelope)
+        else:
+            with guard:  # the registry and connections of other threads
+                hub.publish(envelope)
 
     def _state(self) -> _State:
         app = current_app._get_current_object() if has_app_context() else None  # type: ignore[attr-defined]
@@ -410,7 +443,9 @@ def _open(route: _Route, state: _State, config: Any, environ: Dict[str, Any], me
     opener = functools.partial(
         transport.open_connection_socket, environ, start_response, handshake.headers
     )
-    return WebSocketConnection(protocol, state.backend, options, opener, state.registry)
+    backend = state.backend
+    connection_class = WebSocketConnection if backend.guard is None else GuardedConnection
+    return connection_class(protocol, backend, options, opener, state.registry)
 
 
 def _run_handler(

@@ -3,15 +3,15 @@
 After the opening handshake the connection's socket becomes ours: we answer
 the upgrade through WSGI's ``start_response`` (so bad handshakes get a proper
 400/403/426 and we choose the subprotocol), flush the headers with a
-zero-length ``write``, then duplicate uWSGI's connection fd and speak the
-protocol on it ourselves. uWSGI's own WebSocket parser never sees a byte, so
+zero-length ``write``, then speak the protocol ourselves on uWSGI's
+connection fd, which we borrow (never closing it: uWSGI does when the request
+ends), so a connection costs one file descriptor. uWSGI's own WebSocket parser never sees a byte, so
 a hostile frame cannot crash the worker, and any greenlet can write.
 """
 
 from __future__ import annotations
 
 import _socket
-import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .exceptions import ConfigurationError
@@ -25,10 +25,15 @@ __all__ = [
     "TEST_SOCKET_KEY",
     "StartResponse",
     "check_server",
+    "concurrency_model",
+    "current_connection_fd",
     "loop_engine",
     "open_connection_socket",
+    "release_socket",
     "running_under_uwsgi",
     "sharedarea_read",
+    "suspend_until_ready",
+    "threads_enabled",
     "uwsgi_options",
 ]
 
@@ -39,7 +44,7 @@ TEST_SOCKET_KEY = "flask_websocket.test_socket"
 StartResponse = Callable[..., Callable[[bytes], Any]]
 
 _RUN_HINT = (
-    "Start the app under uWSGI's gevent loop, for example "
+    "For example "
     "`flask --app yourapp websocket run` or "
     "`uwsgi --http :8080 --http-websockets --gevent 1000 --module yourapp:app "
     "--master --need-app --die-on-term`."
@@ -82,6 +87,56 @@ def worker_id() -> Optional[int]:
     return int(_uwsgi.worker_id())
 
 
+def _int_option(options: Mapping[str, Any], name: str) -> int:
+    value = options.get(name)
+    if isinstance(value, list):  # an option given twice
+        value = value[-1]
+    if isinstance(value, bytes):
+        value = value.decode()
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+#: The concurrency models :func:`concurrency_model` names.
+MODELS = ("gevent", "asyncio", "greenlet", "ugreen", "threads", "processes")
+
+
+def concurrency_model() -> Optional[str]:
+    """How this uWSGI worker runs requests: one of :data:`MODELS`.
+
+    ``None`` outside uWSGI; ``"async"`` for ``--async N`` with no suspend
+    engine and ``"loop:<name>"`` for a loop engine we do not know, which
+    :func:`check_server` refuses.
+    """
+    if _uwsgi is None:
+        return None
+    options = uwsgi_options()
+    loop = loop_engine()
+    if loop == "gevent" or "gevent" in options:
+        return "gevent"
+    if loop == "asyncio" or "asyncio" in options:
+        return "asyncio"
+    if loop not in (None, "async", "uwsgi"):
+        return f"loop:{loop}"
+    if _int_option(options, "async") > 1:
+        if "greenlet" in options:
+            return "greenlet"
+        if "ugreen" in options:
+            return "ugreen"
+        return "async"
+    if _int_option(options, "threads") > 1:
+        return "threads"
+    return "processes"
+
+
+def threads_enabled() -> bool:
+    """True if uWSGI lets Python threads run (``--enable-threads`` or ``--threads``)."""
+    options = uwsgi_options()
+    return "enable-threads" in options or _int_option(options, "threads") > 1
+
+
 def check_server() -> None:
     """Fail at start-up, with the flag to add, if uWSGI runs so we cannot work.
 
@@ -97,12 +152,65 @@ def check_server() -> None:
             "runs with --http-websockets: add --http-websockets to the uwsgi "
             "command line (or use --http-socket, which needs no flag)."
         )
-    if loop_engine() != "gevent":
+    model = concurrency_model()
+    if model == "gevent":
+        return
+    if model == "async":
         raise ConfigurationError(
-            "Flask-WebSocket runs on uWSGI's gevent loop in this version, but "
-            f"uWSGI runs the {loop_engine() or 'default'} loop: add --gevent N "
-            "(N is the most connections one worker holds at once, e.g. --gevent 1000). " + _RUN_HINT
+            "uWSGI runs --async without a suspend engine, so a WebSocket handler "
+            "could not wait without blocking the worker: add --ugreen or --greenlet "
+            "(or use --gevent N). " + _RUN_HINT
         )
+    if model is not None and model.startswith("loop:"):
+        raise ConfigurationError(
+            f"Flask-WebSocket cannot run on uWSGI's {model[5:]} loop engine: use "
+            "--gevent N, --asyncio N --greenlet, --async N --ugreen or --greenlet, "
+            "--threads N, or --processes N with --enable-threads. " + _RUN_HINT
+        )
+    if model == "ugreen":
+        raise ConfigurationError(
+            "uWSGI's uGreen engine stalls the whole worker once a core suspends on "
+            "a file descriptor that is not ready yet (seen with uWSGI 2.0.31 and "
+            "Python 3.11, with or without Flask-WebSocket; see docs/concurrency.rst): "
+            "use --async N --greenlet, which serves the same async cores. " + _RUN_HINT
+        )
+    if model == "asyncio" and "greenlet" not in options:
+        raise ConfigurationError(
+            "uWSGI's asyncio loop needs --greenlet as its suspend engine: add --greenlet."
+        )
+    if model in ("threads", "processes") and not threads_enabled():
+        raise ConfigurationError(
+            f"Flask-WebSocket reads sockets from a thread of its own under the {model} "
+            "model, and uWSGI keeps Python threads from running unless asked: add "
+            "--enable-threads (or use --gevent N)."
+        )
+
+
+def current_connection_fd() -> Optional[int]:
+    """The client socket's fd of the request this code runs for, if any."""
+    if _uwsgi is None:
+        return None
+    try:
+        fd = int(_uwsgi.connection_fd())
+    except (SystemError, OSError):  # not inside a request
+        return None
+    return fd if fd >= 0 else None
+
+
+def suspend_until_ready(wake_fd: int, fd: Optional[int] = None, write: bool = False) -> None:
+    """Suspend this uWSGI async core until ``wake_fd`` is readable, or ``fd``
+    is readable (``write``: writable); the worker's other cores run meanwhile.
+
+    uWSGI forgets the fds once the core resumes: call again to wait again.
+    """
+    assert _uwsgi is not None
+    _uwsgi.wait_fd_read(wake_fd, 0)  # 0: no uWSGI timeout (it counts whole seconds)
+    if fd is not None:
+        if write:
+            _uwsgi.wait_fd_write(fd, 0)
+        else:
+            _uwsgi.wait_fd_read(fd, 0)
+    _uwsgi.suspend()
 
 
 def open_connection_socket(
@@ -112,17 +220,21 @@ def open_connection_socket(
 ) -> _socket.socket:
     """Send the 101 response and return the connection's socket, non-blocking.
 
-    The socket is a duplicate of the server's: closing it does not end the
-    request, ``shutdown`` does end the TCP stream.
+    The socket object wraps the server's own file descriptor, borrowed: give
+    it back with :func:`release_socket`, never ``close()`` it (the server
+    closes the fd when the request ends; closing it twice could close another
+    connection that got the same number). ``shutdown`` ends the TCP stream.
+    Not duplicating the fd keeps a connection at one descriptor, so a worker
+    holds as many connections as its fd limit allows.
     """
     test_socket = environ.get(TEST_SOCKET_KEY)
     if test_socket is not None:
         start_response("101 Switching Protocols", headers)
-        fd = os.dup(test_socket.fileno())
+        fd = test_socket.fileno()
     elif _uwsgi is not None:
         write = start_response("101 Switching Protocols", headers)
         write(b"")  # a zero-length write flushes the headers and nothing else
-        fd = os.dup(_uwsgi.connection_fd())
+        fd = _uwsgi.connection_fd()
     else:
         raise ConfigurationError("Flask-WebSocket serves WebSockets only under uWSGI. " + _RUN_HINT)
     # The C socket type, never gevent's monkey-patched wrapper: the connection
@@ -130,6 +242,12 @@ def open_connection_socket(
     sock = _socket.socket(fileno=fd)
     sock.setblocking(False)
     return sock
+
+
+def release_socket(sock: _socket.socket) -> None:
+    """Give back a socket from :func:`open_connection_socket`, leaving its fd open."""
+    if sock.fileno() >= 0:
+        sock.detach()
 
 
 def sharedarea_read(area: int, position: int, length: Optional[int] = None) -> bytes:

@@ -44,3 +44,6 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ benchmarks/requirements.
     .venv/bin/python -m pip install -q -e ".[test,redis]"
     touch "$stamp"
 fi
+# uWSGI with the asyncio and greenlet loop plugins (pip's build lacks them);
+# does nothing when .venv/bin/uwsgi has them already.
+scripts/install-uwsgi.sh

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import psutil
 import pytest
@@ -140,17 +140,26 @@ def served(tmp_path: Path) -> Iterator[Callable[[List[str], int], Served]]:
 
 
 @pytest.mark.uwsgi
-def test_without_gevent_uwsgi_refuses_to_load_the_app(
-    start_uwsgi: Callable[..., UwsgiServer],
+@pytest.mark.parametrize(
+    ("flags", "hint"),
+    [
+        ((), "add --enable-threads"),  # processes, and Python threads kept from running
+        (("--async", "10"), "add --ugreen or --greenlet"),  # no suspend engine
+        (("--asyncio", "10"), "add --greenlet"),
+    ],
+    ids=["processes-without-threads", "async-without-suspend-engine", "asyncio-without-greenlet"],
+)
+def test_a_model_that_cannot_work_refuses_to_load_the_app(
+    start_uwsgi: Callable[..., UwsgiServer], flags: Tuple[str, ...], hint: str
 ) -> None:
-    server = start_uwsgi("examples.echo:app", gevent=None, expect_ready=False)
+    server = start_uwsgi("examples.echo:app", gevent=None, extra=list(flags), expect_ready=False)
     assert "--gevent" not in server.command
     assert server.process is not None
     assert wait_for(lambda: server.process.poll() is not None), server.log()  # type: ignore[union-attr]
     assert server.process.returncode != 0
     log = server.log()
     assert "ConfigurationError" in log
-    assert "add --gevent N" in log
+    assert hint in log
     assert "no app loaded" in log  # --need-app made it give up
 
 

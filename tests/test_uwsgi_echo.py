@@ -223,12 +223,14 @@ def _established_sockets(pid: int) -> int:
     )
 
 
-async def _many_connections(url: str, count: int, worker: int) -> Tuple[int, int, int, int]:
+async def _many_connections(url: str, count: int, worker: int) -> Tuple[int, int, int, int, int]:
     """Open ``count`` connections, echo a unique message on each while all are open, close all.
 
     Returns (successful echoes, connections open at once on the client side,
-    established sockets the worker held meanwhile, connections closed with 1000).
+    established sockets the worker held meanwhile, file descriptors the
+    worker opened for them, connections closed with 1000).
     """
+    fds_before = psutil.Process(worker).num_fds()
     connections: list = []
     try:
         for start in range(0, count, BATCH):
@@ -258,9 +260,10 @@ async def _many_connections(url: str, count: int, worker: int) -> Tuple[int, int
         # Every handler has answered and is waiting in receive() again.
         open_at_once = sum(1 for ws in connections if ws.state is State.OPEN)
         held = _established_sockets(worker)
+        fds_added = psutil.Process(worker).num_fds() - fds_before
         await asyncio.wait_for(asyncio.gather(*(ws.close() for ws in connections)), 60)
         closed_ok = sum(1 for ws in connections if ws.close_code == 1000)
-        return sum(1 for ok in results if ok), open_at_once, held, closed_ok
+        return sum(1 for ok in results if ok), open_at_once, held, fds_added, closed_ok
     finally:  # after a failure: release whatever is still open
         await asyncio.wait_for(
             asyncio.gather(*(ws.close() for ws in connections), return_exceptions=True), 60
@@ -272,7 +275,7 @@ def test_1000_concurrent_connections_on_one_worker(echo_server: UwsgiServer) -> 
     workers = echo_server.worker_pids()
     assert len(workers) == 1
     started = time.monotonic()
-    successes, open_at_once, held, closed_ok = asyncio.run(
+    successes, open_at_once, held, fds_added, closed_ok = asyncio.run(
         _many_connections(echo_server.url("/echo"), CONNECTIONS, workers[0])
     )
     elapsed = time.monotonic() - started
@@ -281,8 +284,14 @@ def test_1000_concurrent_connections_on_one_worker(echo_server: UwsgiServer) -> 
     # The one worker really held them all at once: one established socket per
     # connection (the client's in --http-socket mode, the router's in --http).
     assert held >= CONNECTIONS, held
+    # One file descriptor per connection (uWSGI's own, borrowed, not
+    # duplicated), so a worker holds as many connections as its fd limit.
+    assert CONNECTIONS <= fds_added <= CONNECTIONS + 20, fds_added
     assert closed_ok == CONNECTIONS  # the server echoed every close frame
-    print(f"{echo_server.mode}: {successes} echoes, worker held {held} sockets, {elapsed:.1f} s")
+    print(
+        f"{echo_server.mode}: {successes} echoes, worker held {held} sockets "
+        f"on {fds_added} new fds, {elapsed:.1f} s"
+    )
     assert echo_server.worker_pids() == workers
     assert echo_server.crash_lines() == [], echo_server.log()
     # The worker is still serving afterwards.

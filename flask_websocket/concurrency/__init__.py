@@ -1,4 +1,16 @@
-"""Concurrency backends, and the choice of one from how uWSGI was started."""
+"""Concurrency backends, and the choice of one from how uWSGI was started.
+
+================  ==========================================  ===========================
+model             uWSGI flags                                 backend
+================  ==========================================  ===========================
+gevent            ``--gevent N``                              :mod:`.gevent`
+threads           ``--threads N``                             :mod:`.threads`
+processes         ``--processes N --enable-threads``          :mod:`.threads`
+uGreen            ``--async N --ugreen``                      :mod:`.uwsgi_async`
+greenlet          ``--async N --greenlet``                    :mod:`.uwsgi_async`
+asyncio           ``--asyncio N --greenlet``                  :mod:`.asyncio_loop`
+================  ==========================================  ===========================
+"""
 
 from __future__ import annotations
 
@@ -12,11 +24,11 @@ __all__ = ["Backend", "backend_for_server"]
 def backend_for_server() -> Backend:
     """The backend for the server this process runs in.
 
-    Under uWSGI this follows the loop engine (``--gevent N`` → gevent).
-    Outside uWSGI (the in-process test client) it is gevent too.
+    Under uWSGI this follows :func:`transport.concurrency_model`. Outside
+    uWSGI (the in-process test client) it is gevent.
     """
-    engine = transport.loop_engine()
-    if engine in (None, "gevent"):
+    model = transport.concurrency_model()
+    if model in (None, "gevent"):
         try:
             from .gevent import GeventBackend
         except ImportError as exc:  # pragma: no cover - gevent is a dependency
@@ -25,4 +37,16 @@ def backend_for_server() -> Backend:
             ) from exc
         return GeventBackend()
     transport.check_server()  # raises with the flags to use
-    raise ConfigurationError(f"no concurrency backend for uWSGI's {engine} loop")
+    if model in ("threads", "processes"):
+        from .threads import ThreadBackend
+
+        backend: Backend = ThreadBackend()
+        backend.name = model
+        return backend
+    if model == "asyncio":
+        from .asyncio_loop import AsyncioBackend
+
+        return AsyncioBackend()
+    from .uwsgi_async import UwsgiAsyncBackend
+
+    return UwsgiAsyncBackend(str(model))

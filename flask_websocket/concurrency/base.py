@@ -14,9 +14,13 @@ block. :meth:`Backend.in_event_loop` tells code which side it runs on.
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, ContextManager, Optional
+import contextlib
+import queue
+import time
+from collections import deque
+from typing import Any, Callable, ContextManager, Deque, List, Optional
 
-__all__ = ["Backend", "Event", "Queue", "Timer", "Wakeup", "Watcher"]
+__all__ = ["Backend", "Event", "Queue", "Timer", "Wakeup", "WakeupEvent", "WakeupQueue", "Watcher"]
 
 
 class Watcher(abc.ABC):
@@ -111,6 +115,11 @@ class Backend(abc.ABC):
     #: Short name, as used in logs and error messages.
     name: str = ""
 
+    #: ``None`` when callbacks and tasks share one cooperative thread (gevent).
+    #: Otherwise a re-entrant lock that every connection call must hold, and
+    #: that callbacks run under (see :mod:`flask_websocket.concurrency.loop`).
+    guard: Any = None
+
     @abc.abstractmethod
     def watch_readable(self, fd: int, callback: Callable[[], None]) -> Watcher:
         """A stopped watcher that calls ``callback`` when ``fd`` is readable."""
@@ -150,3 +159,83 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def in_event_loop(self) -> bool:
         """True when called from the event loop, where nothing may block."""
+
+
+def _guard_of(backend: Backend) -> ContextManager[Any]:
+    guard: Optional[ContextManager[Any]] = backend.guard
+    return guard if guard is not None else contextlib.nullcontext()
+
+
+class WakeupEvent(Event):
+    """An :class:`Event` built on a backend's wakeups (one per waiting task)."""
+
+    __slots__ = ("_backend", "_flag", "_waiters")
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._flag = False
+        self._waiters: List[Wakeup] = []
+
+    def set(self) -> None:
+        with _guard_of(self._backend):
+            self._flag = True
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                waiter.notify()
+
+    def clear(self) -> None:
+        self._flag = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        with _guard_of(self._backend):
+            if self._flag:
+                return True
+            waiter = self._backend.wakeup()
+            self._waiters.append(waiter)
+            try:
+                waiter.wait(timeout)
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+            return self._flag
+
+
+class WakeupQueue(Queue):
+    """A bounded FIFO :class:`Queue` built on a backend's wakeups."""
+
+    def __init__(self, backend: Backend, maxsize: int) -> None:
+        self._backend = backend
+        self._maxsize = maxsize
+        self._items: Deque[Any] = deque()
+        self._changed = WakeupEvent(backend)
+
+    def _wait_while(self, full: Callable[[], bool], block: bool, timeout: Optional[float]) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while full():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if not block or (remaining is not None and remaining <= 0):
+                return False
+            self._changed.clear()
+            self._changed.wait(remaining)
+        return True
+
+    def put(self, item: Any, block: bool = True, timeout: Optional[float] = None) -> None:
+        with _guard_of(self._backend):
+            if not self._wait_while(lambda: 0 < self._maxsize <= len(self._items), block, timeout):
+                raise queue.Full
+            self._items.append(item)
+            self._changed.set()
+
+    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
+        with _guard_of(self._backend):
+            if not self._wait_while(lambda: not self._items, block, timeout):
+                raise queue.Empty
+            item = self._items.popleft()
+            self._changed.set()
+            return item
+
+    def qsize(self) -> int:
+        return len(self._items)

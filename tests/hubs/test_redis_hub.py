@@ -74,6 +74,7 @@ def node_main() -> None:
     options = ConnectionOptions(ping_interval=None)
     connections: Dict[str, Any] = {}
     clients: Dict[str, Any] = {}
+    server_sockets: List[Any] = []
 
     class Client:
         """The browser's end of one connection: records every message it gets."""
@@ -116,11 +117,12 @@ def node_main() -> None:
         )
         assert protocol.accept("GET", "/", headers).accepted
 
+        server_sockets.append(server)  # owns the fd, as uWSGI does its connection's
+
         def opener() -> Any:
-            # As transport.open_connection_socket: the C socket, non-blocking.
-            sock = _socket.socket(fileno=os.dup(server.fileno()))
+            # As transport.open_connection_socket: the C socket on a borrowed fd.
+            sock = _socket.socket(fileno=server.fileno())
             sock.setblocking(False)
-            server.close()
             return sock
 
         connection = WebSocketConnection(protocol, backend, options, opener, registry)

@@ -1,0 +1,265 @@
+"""An event loop in a thread of its own, for the models that are not gevent.
+
+Under threads, processes and uWSGI's own async modes (uGreen, greenlet,
+asyncio) nothing runs callbacks while a handler computes, so each worker
+process gets one :class:`LoopThread`: a daemon thread that waits on every
+connection's socket with the platform's selector (epoll on Linux), runs timer
+callbacks, and calls the connection core's read and write callbacks exactly
+as gevent's hub does. Handlers keep their own task (a thread, or a uWSGI
+async core) and sleep on a :class:`~flask_websocket.concurrency.base.Wakeup`
+that the loop notifies.
+
+Everything the connection core does runs under one re-entrant lock, the
+loop's :attr:`LoopThread.guard`: the loop thread holds it while it runs
+callbacks, handler tasks hold it inside each connection call and release it
+while they sleep. So the core, written for one cooperative thread, sees no
+more interleaving than it does under gevent.
+
+How a task sleeps differs per model (a condition variable for threads, a
+wake-up file descriptor and ``uwsgi.suspend()`` for uWSGI's async cores):
+that is the one thing a backend built on this module provides.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import selectors
+import threading
+import time
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple
+
+from .base import Backend, Event, Queue, Timer, Wakeup, WakeupEvent, WakeupQueue, Watcher
+
+__all__ = ["LoopBackend", "LoopThread"]
+
+logger = logging.getLogger("flask_websocket")
+
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+
+
+class _FdWatcher(Watcher):
+    __slots__ = ("_active", "_closed", "_events", "_fd", "_loop", "callback")
+
+    def __init__(
+        self, loop: LoopThread, fd: int, events: int, callback: Callable[[], None]
+    ) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._events = events
+        self._active = False
+        self._closed = False
+        self.callback = callback
+
+    def start(self) -> None:
+        if not self._active and not self._closed:
+            self._active = True
+            self._loop._watcher_changed(self._fd, self)
+
+    def stop(self) -> None:
+        if self._active:
+            self._active = False
+            self._loop._watcher_changed(self._fd, self)
+
+    def close(self) -> None:
+        self.stop()
+        self._closed = True
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+
+class _LoopTimer(Timer):
+    __slots__ = ("callback", "cancelled")
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class LoopThread:
+    """One selector loop per process, run by a daemon thread.
+
+    Watchers and timers may be started from any thread while holding
+    :attr:`guard`; their callbacks run in the loop thread, holding it too.
+    """
+
+    def __init__(self, guard: Any) -> None:
+        #: The lock every connection call and every callback holds.
+        self.guard = guard
+        self._selector = selectors.DefaultSelector()
+        # fd -> [reader, writer]: one selector registration per fd.
+        self._watchers: Dict[int, List[Optional[_FdWatcher]]] = {}
+        self._timers: List[Tuple[float, int, _LoopTimer]] = []
+        self._sequence = itertools.count()
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._selector.register(self._wake_read, _READ)
+        self._deadline = float("inf")  # when the loop's current select ends
+        self.thread = threading.Thread(target=self._run, name="flask-websocket-loop", daemon=True)
+        self.thread.start()
+
+    # ------------------------------------------------------------------
+    # Called with the guard held, from any thread
+
+    def _watcher_changed(self, fd: int, watcher: _FdWatcher) -> None:
+        slots = self._watchers.get(fd)
+        if slots is None:
+            slots = self._watchers[fd] = [None, None]
+        slots[0 if watcher._events == _READ else 1] = watcher if watcher._active else None
+        events = (_READ if slots[0] is not None else 0) | (_WRITE if slots[1] is not None else 0)
+        # epoll takes registrations made while another thread waits in it,
+        # so the loop needs no wake-up for these.
+        try:
+            if not events:
+                del self._watchers[fd]
+                self._selector.unregister(fd)
+            else:
+                try:
+                    self._selector.modify(fd, events)
+                except KeyError:
+                    self._selector.register(fd, events)
+        except (KeyError, ValueError, OSError):
+            if events:
+                raise
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> _LoopTimer:
+        """Run ``callback`` in the loop thread after ``delay`` seconds."""
+        timer = _LoopTimer(callback)
+        when = time.monotonic() + max(delay, 0.0)
+        heapq.heappush(self._timers, (when, next(self._sequence), timer))
+        if when < self._deadline and threading.current_thread() is not self.thread:
+            self.wake()
+        return timer
+
+    def wake(self) -> None:
+        """Make the loop's current wait end now."""
+        with contextlib.suppress(BlockingIOError):  # full: it will wake anyway
+            os.write(self._wake_write, b"\0")
+
+    # ------------------------------------------------------------------
+    # The loop thread
+
+    def _run(self) -> None:
+        selector = self._selector
+        guard = self.guard
+        while True:
+            with guard:
+                timeout = self._run_timers()
+                self._deadline = time.monotonic() + timeout if timeout is not None else float("inf")
+            ready = selector.select(timeout)
+            with guard:
+                self._deadline = 0.0  # running: a new timer is seen before the next wait
+                for key, events in ready:
+                    if key.fd == self._wake_read:
+                        self._drain_wake()
+                        continue
+                    slots = self._watchers.get(key.fd)
+                    if slots is None:
+                        continue
+                    reader, writer = slots
+                    if events & _READ and reader is not None and reader._active:
+                        self._call(reader.callback)
+                    if events & _WRITE and writer is not None and writer._active:
+                        self._call(writer.callback)
+
+    def _run_timers(self) -> Optional[float]:
+        """Run the timers that are due; seconds until the next one (``None``: none)."""
+        timers = self._timers
+        while timers:
+            when, _, timer = timers[0]
+            if timer.cancelled:
+                heapq.heappop(timers)
+                continue
+            delay = when - time.monotonic()
+            if delay > 0:
+                return delay
+            heapq.heappop(timers)
+            self._call(timer.callback)
+        return None
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    @staticmethod
+    def _call(callback: Callable[[], None]) -> None:
+        try:
+            callback()
+        except Exception:  # one connection's error must not stop the loop
+            logger.exception("error in a Flask-WebSocket loop callback")
+
+
+class LoopBackend(Backend):
+    """A backend whose event loop is a :class:`LoopThread` (one per process).
+
+    Subclasses say how a task sleeps: :meth:`wakeup`.
+    """
+
+    def __init__(self) -> None:
+        self._loop: Optional[LoopThread] = None
+        self._loop_pid = 0
+        self._loop_lock = threading.Lock()
+        #: Held by every connection call and loop callback (see the module docs).
+        self.guard: Any = threading.RLock()
+
+    @property
+    def loop(self) -> LoopThread:
+        """This process's loop thread, started on first use (after uWSGI forks)."""
+        loop = self._loop
+        if loop is None or self._loop_pid != os.getpid():
+            with self._loop_lock:
+                if self._loop is None or self._loop_pid != os.getpid():
+                    self._loop = LoopThread(self.guard)
+                    self._loop_pid = os.getpid()
+                loop = self._loop
+        return loop
+
+    def watch_readable(self, fd: int, callback: Callable[[], None]) -> Watcher:
+        return _FdWatcher(self.loop, fd, _READ, callback)
+
+    def watch_writable(self, fd: int, callback: Callable[[], None]) -> Watcher:
+        return _FdWatcher(self.loop, fd, _WRITE, callback)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        with self.guard:
+            return self.loop.call_later(delay, callback)
+
+    @abc.abstractmethod
+    def wakeup(self) -> Wakeup:
+        """A new wakeup; its ``wait`` releases :attr:`guard` while it sleeps."""
+
+    def event(self) -> Event:
+        return WakeupEvent(self)
+
+    def queue(self, maxsize: int) -> Queue:
+        return WakeupQueue(self, maxsize)
+
+    def lock(self) -> ContextManager[Any]:
+        lock: ContextManager[Any] = threading.RLock()
+        return lock
+
+    def spawn(self, function: Callable[..., Any], *args: Any) -> Any:
+        thread = threading.Thread(target=function, args=args, daemon=True)
+        thread.start()
+        return thread
+
+    def sleep(self, seconds: float) -> None:
+        self.wakeup().wait(seconds)
+
+    def in_event_loop(self) -> bool:
+        loop = self._loop
+        return loop is not None and threading.current_thread() is loop.thread

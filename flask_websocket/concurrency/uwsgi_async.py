@@ -1,0 +1,342 @@
+"""uWSGI's own async mode: ``--async N`` with the ``--ugreen`` or ``--greenlet``
+suspend engine.
+
+Here uWSGI's event loop is C and keeps Python's GIL while it waits, so no
+Python thread can serve as the event loop, and there is no Python loop to
+borrow either (as there is under gevent or asyncio). Instead the waiting
+cores drive the loop themselves. A handler that sleeps:
+
+1. runs the timers that are due (any connection's: keepalive, close timeouts);
+2. asks uWSGI to resume it when its own connection's socket is ready (for
+   writing if a send queue is waiting, else for reading) or when its wake-up
+   fd fires (``uwsgi.wait_fd_read`` / ``wait_fd_write``), and suspends
+   (``uwsgi.suspend``), so the worker's other cores run meanwhile;
+3. once resumed, runs its connection's read and write callbacks, which feed
+   the protocol and queue messages exactly as under gevent.
+
+The wake-up fd is a Linux timerfd: armed for "now" it wakes the core (a
+broadcast from another core that leaves bytes queued, a close), armed for a
+deadline it is the core's timeout, with sub-second precision that uWSGI's
+own whole-second timeouts lack.
+
+What differs from gevent: a connection's socket is read only while its
+handler waits (in ``receive``, ``send`` on a full queue, ``sleep``...), so a
+handler busy for a long time answers pings late.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import heapq
+import itertools
+import logging
+import os
+import time
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple
+
+from .. import transport
+from ..exceptions import ConfigurationError
+from .base import Backend, Event, Queue, Timer, Wakeup, WakeupEvent, WakeupQueue, Watcher
+
+__all__ = ["UwsgiAsyncBackend"]
+
+logger = logging.getLogger("flask_websocket")
+
+_CLOCK_MONOTONIC = 1
+_TFD_NONBLOCK = 0o4000
+_TFD_CLOEXEC = 0o2000000
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+class _TimerFd:
+    """A Linux timerfd: readable once armed time has passed."""
+
+    __slots__ = ("fd",)
+
+    _libc: Any = None
+
+    def __init__(self) -> None:
+        create = getattr(os, "timerfd_create", None)  # Python 3.13+
+        if create is not None:
+            self.fd = create(
+                os.CLOCK_MONOTONIC,  # type: ignore[attr-defined]
+                flags=os.TFD_NONBLOCK | os.TFD_CLOEXEC,  # type: ignore[attr-defined]
+            )
+            return
+        libc = _TimerFd._load_libc()
+        fd = libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
+        if fd < 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"timerfd_create: {os.strerror(errno)}")
+        self.fd = int(fd)
+
+    @staticmethod
+    def _load_libc() -> Any:
+        if _TimerFd._libc is None:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.timerfd_create.argtypes = [ctypes.c_int, ctypes.c_int]
+            libc.timerfd_settime.argtypes = [
+                ctypes.c_int,
+                ctypes.c_int,
+                ctypes.POINTER(_Itimerspec),
+                ctypes.c_void_p,
+            ]
+            _TimerFd._libc = libc
+        return _TimerFd._libc
+
+    def arm(self, seconds: float) -> None:
+        """Fire after ``seconds`` (at once if ``<= 0``)."""
+        seconds = max(seconds, 1e-9)  # zero would disarm it
+        if hasattr(os, "timerfd_settime"):
+            os.timerfd_settime(self.fd, initial=seconds)
+            return
+        whole = int(seconds)
+        spec = _Itimerspec()
+        spec.it_value.tv_sec = whole
+        spec.it_value.tv_nsec = max(int((seconds - whole) * 1e9), 1 if not whole else 0)
+        if _TimerFd._load_libc().timerfd_settime(self.fd, 0, ctypes.byref(spec), None) < 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"timerfd_settime: {os.strerror(errno)}")
+
+    def disarm_and_drain(self) -> None:
+        if hasattr(os, "timerfd_settime"):
+            os.timerfd_settime(self.fd, initial=0)
+        else:
+            _TimerFd._load_libc().timerfd_settime(self.fd, 0, ctypes.byref(_Itimerspec()), None)
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.fd, 8)
+
+
+class _FdWatcher(Watcher):
+    __slots__ = ("_active", "_backend", "_closed", "_fd", "_write", "callback")
+
+    def __init__(
+        self, backend: UwsgiAsyncBackend, fd: int, write: bool, callback: Callable[[], None]
+    ) -> None:
+        self._backend = backend
+        self._fd = fd
+        self._write = write
+        self._active = False
+        self._closed = False
+        self.callback = callback
+
+    def start(self) -> None:
+        if not self._active and not self._closed:
+            self._active = True
+            self._backend._interest_changed(self._fd, self)
+
+    def stop(self) -> None:
+        if self._active:
+            self._active = False
+            self._backend._interest_changed(self._fd, self)
+
+    def close(self) -> None:
+        self.stop()
+        self._closed = True
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+
+class _CoreTimer(Timer):
+    __slots__ = ("callback", "cancelled")
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class CoreWakeup(Wakeup):
+    """One async core sleeps, suspended in uWSGI, until notified."""
+
+    __slots__ = ("_backend", "_notified", "_timer_fd")
+
+    def __init__(self, backend: UwsgiAsyncBackend) -> None:
+        self._backend = backend
+        self._timer_fd: Optional[_TimerFd] = None
+        self._notified = False
+
+    @property
+    def waiting(self) -> bool:
+        return self._timer_fd is not None
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        if not self._notified:
+            if self._timer_fd is not None:
+                raise RuntimeError("another task is already waiting on this connection")
+            deadline = None if timeout is None else time.monotonic() + timeout
+            self._backend._sleep_until(self, deadline)
+        notified = self._notified
+        self._notified = False
+        return notified
+
+    def notify(self) -> None:
+        self._notified = True
+        timer_fd = self._timer_fd
+        if timer_fd is not None:
+            timer_fd.arm(0)  # wake the core: it re-checks at once
+
+
+class UwsgiAsyncBackend(Backend):
+    """Connections in uWSGI's async cores, driven by the cores that wait."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        # fd -> [reader, writer]
+        self._watchers: Dict[int, List[Optional[_FdWatcher]]] = {}
+        # fd -> the wakeup of the core sleeping on that fd
+        self._sleepers: Dict[int, CoreWakeup] = {}
+        self._timers: List[Tuple[float, int, _CoreTimer]] = []
+        self._sequence = itertools.count()
+        self._free_timer_fds: List[_TimerFd] = []
+        self._pid = os.getpid()
+        self._in_callback = False
+        try:
+            self._free_timer_fds.append(_TimerFd())
+        except (OSError, AttributeError) as exc:
+            raise ConfigurationError(
+                f"uWSGI's {name} suspend engine needs Linux timerfds ({exc}); "
+                "use --gevent N or --threads N"
+            ) from exc
+
+    # ------------------------------------------------------------------
+    # Backend
+
+    def watch_readable(self, fd: int, callback: Callable[[], None]) -> Watcher:
+        return _FdWatcher(self, fd, False, callback)
+
+    def watch_writable(self, fd: int, callback: Callable[[], None]) -> Watcher:
+        return _FdWatcher(self, fd, True, callback)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = _CoreTimer(callback)
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._sequence), timer))
+        return timer
+
+    def wakeup(self) -> Wakeup:
+        return CoreWakeup(self)
+
+    def event(self) -> Event:
+        return WakeupEvent(self)
+
+    def queue(self, maxsize: int) -> Queue:
+        return WakeupQueue(self, maxsize)
+
+    def lock(self) -> ContextManager[Any]:
+        return contextlib.nullcontext()  # cores switch only where they wait
+
+    def spawn(self, function: Callable[..., Any], *args: Any) -> Any:
+        raise ConfigurationError(
+            f"uWSGI's {self.name} async mode runs only request cores: a background "
+            "task cannot be started (use --gevent N for that)"
+        )
+
+    def sleep(self, seconds: float) -> None:
+        CoreWakeup(self).wait(seconds)
+
+    def in_event_loop(self) -> bool:
+        return self._in_callback
+
+    # ------------------------------------------------------------------
+    # The loop, run by whichever core waits
+
+    def _interest_changed(self, fd: int, watcher: _FdWatcher) -> None:
+        slots = self._watchers.get(fd)
+        if slots is None:
+            slots = self._watchers[fd] = [None, None]
+        slots[1 if watcher._write else 0] = watcher if watcher._active else None
+        if slots[0] is None and slots[1] is None:
+            del self._watchers[fd]
+        sleeper = self._sleepers.get(fd)
+        if sleeper is not None and sleeper._timer_fd is not None:
+            sleeper._timer_fd.arm(0)  # let it wait for the new events
+
+    def _run_callbacks(self, fd: int) -> None:
+        slots = self._watchers.get(fd)
+        if slots is None:
+            return
+        for watcher in tuple(slots):
+            if watcher is not None and watcher._active:
+                self._call(watcher.callback)
+
+    def _run_timers(self) -> Optional[float]:
+        """Run the timers that are due; when the next one is (``None``: none)."""
+        timers = self._timers
+        while timers:
+            when, _, timer = timers[0]
+            if timer.cancelled:
+                heapq.heappop(timers)
+                continue
+            if when > time.monotonic():
+                return when
+            heapq.heappop(timers)
+            self._call(timer.callback)
+        return None
+
+    def _call(self, callback: Callable[[], None]) -> None:
+        self._in_callback = True
+        try:
+            callback()
+        except Exception:  # one connection's error must not reach another's core
+            logger.exception("error in a Flask-WebSocket callback")
+        finally:
+            self._in_callback = False
+
+    def _take_timer_fd(self) -> _TimerFd:
+        if self._pid != os.getpid():  # forked: those belong to the parent
+            self._free_timer_fds, self._pid = [], os.getpid()
+        return self._free_timer_fds.pop() if self._free_timer_fds else _TimerFd()
+
+    def _sleep_until(self, wakeup: CoreWakeup, deadline: Optional[float]) -> None:
+        """Suspend this core until ``wakeup`` is notified or ``deadline`` passes."""
+        own_fd = transport.current_connection_fd()
+        timer_fd = self._take_timer_fd()
+        wakeup._timer_fd = timer_fd
+        if own_fd is not None:
+            self._sleepers[own_fd] = wakeup
+        try:
+            while not wakeup._notified:
+                next_timer = self._run_timers()
+                if own_fd is not None:
+                    self._run_callbacks(own_fd)  # what arrived while we were busy
+                if wakeup._notified:
+                    break
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    break
+                wake_at = (
+                    min(t for t in (deadline, next_timer) if t is not None)
+                    if (deadline is not None or next_timer is not None)
+                    else None
+                )
+                timer_fd.disarm_and_drain()
+                if wake_at is not None:
+                    timer_fd.arm(wake_at - now)
+                watch_fd = write = None
+                slots = self._watchers.get(own_fd) if own_fd is not None else None
+                if slots is not None:
+                    # uWSGI takes one event per fd per suspension: writing first,
+                    # since reading stops anyway while a send queue is over its bound.
+                    if slots[1] is not None:
+                        watch_fd, write = own_fd, True
+                    elif slots[0] is not None:
+                        watch_fd, write = own_fd, False
+                transport.suspend_until_ready(timer_fd.fd, watch_fd, bool(write))
+        finally:
+            wakeup._timer_fd = None
+            if own_fd is not None and self._sleepers.get(own_fd) is wakeup:
+                del self._sleepers[own_fd]
+            timer_fd.disarm_and_drain()
+            self._free_timer_fds.append(timer_fd)

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Make .venv/bin/uwsgi a uWSGI built with the asyncio and greenlet loop plugins
+# embedded. Safe to re-run: does nothing when the installed binary already has
+# the pinned version and both plugins.
+#
+#   scripts/install-uwsgi.sh              # the project's .venv
+#   VENV=/tmp/other-venv scripts/install-uwsgi.sh
+#
+# Why: `pip install uwsgi` builds uWSGI from source with the gevent, ugreen and
+# http plugins built in, but not asyncio or greenlet, so `--asyncio N` and
+# `--greenlet` (uWSGI's native async models, which flask_websocket supports
+# alongside gevent, threads and processes) are unknown options. The plugins are
+# embedded at build time with UWSGI_EMBED_PLUGINS; the greenlet plugin does
+# `#include <greenlet/greenlet.h>`, a header that `pip install greenlet` puts
+# in <venv>/include/site/python3.X/greenlet/ (and in the package directory),
+# which is not on uWSGI's include path, hence CFLAGS=-I...
+# pip must really rebuild (--no-binary, --force-reinstall, --no-cache-dir):
+# a plain uwsgi wheel in pip's cache would otherwise be reused.
+# Needs gcc, python3-dev and libssl-dev (scripts/bootstrap.sh installs them;
+# without libssl-dev uWSGI's WebSocket handshake support is missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=${VENV:-.venv}
+# setup.cfg asks for uWSGI>=2.0.22; 2.0.31 is the version DESIGN.md measured.
+version=${UWSGI_VERSION:-2.0.31}
+plugins="asyncio,greenlet"
+python="$venv/bin/python"
+uwsgi="$venv/bin/uwsgi"
+
+if [ ! -x "$python" ]; then
+    echo "install-uwsgi: no virtualenv at $venv (run scripts/bootstrap.sh)" >&2
+    exit 1
+fi
+
+# The loop plugins register the --asyncio and --greenlet options; uwsgi --help
+# lists an option only when the plugin providing it is in the binary.
+has_plugins() {
+    [ -x "$uwsgi" ] || return 1
+    [ "$("$uwsgi" --version 2>/dev/null)" = "$version" ] || return 1
+    local help
+    help=$("$uwsgi" --help 2>/dev/null) || return 1
+    grep -qE '^ +--asyncio ' <<<"$help" && grep -qE '^ +--greenlet ' <<<"$help"
+}
+
+if has_plugins; then
+    echo "install-uwsgi: $uwsgi is uWSGI $version with $plugins already"
+    exit 0
+fi
+
+# greenlet's header must be present before the build (gevent depends on
+# greenlet, so it is normally there already).
+"$python" -c 'import greenlet' 2>/dev/null || "$python" -m pip install -q greenlet
+greenlet_include=$("$python" - <<'EOF'
+import os, sys, sysconfig, greenlet
+# pip puts package headers in <prefix>/include/site/pythonX.Y/<package>/.
+site = os.path.join(sys.prefix, "include", "site",
+                    "python%d.%d" % sys.version_info[:2])
+if os.path.isfile(os.path.join(site, "greenlet", "greenlet.h")):
+    print(site)
+else:  # greenlet also ships the header inside the package
+    print(os.path.dirname(os.path.dirname(greenlet.__file__)))
+EOF
+)
+greenlet_include=$(cd "$greenlet_include" && pwd)  # absolute: pip builds elsewhere
+if [ ! -f "$greenlet_include/greenlet/greenlet.h" ]; then
+    echo "install-uwsgi: greenlet/greenlet.h not found under $greenlet_include" >&2
+    exit 1
+fi
+
+echo "install-uwsgi: building uWSGI $version with $plugins into $venv (about a minute)"
+UWSGI_EMBED_PLUGINS="$plugins" \
+CFLAGS="-I$greenlet_include${CFLAGS:+ $CFLAGS}" \
+    "$python" -m pip install -q --no-cache-dir --force-reinstall --no-deps \
+        --no-binary uwsgi "uwsgi==$version"
+
+if ! has_plugins; then
+    echo "install-uwsgi: the build finished but $uwsgi lacks --asyncio/--greenlet" >&2
+    exit 1
+fi
+echo "install-uwsgi: $uwsgi is uWSGI $version with $plugins"
