@@ -94,13 +94,19 @@ class _State:
         self._backend: Optional[Backend] = None
         self._hub: Optional[Hub] = None
         self._hub_pid = 0
-        self._hub_lock = threading.Lock()  # threads: one hub per process
+        # Threads: one backend and one hub per process, however many threads
+        # see their first connection at once. Re-entrant: the hub needs the backend.
+        self._hub_lock = threading.RLock()
 
     @property
     def backend(self) -> Backend:
-        if self._backend is None:
-            self._backend = backend_for_server()
-        return self._backend
+        backend = self._backend
+        if backend is None:
+            with self._hub_lock:  # threads: one backend (one loop, one guard) per app
+                if self._backend is None:
+                    self._backend = backend_for_server()
+                backend = self._backend
+        return backend
 
     @property
     def hub(self) -> Hub:

@@ -32,7 +32,7 @@ __all__ = [
     "release_socket",
     "running_under_uwsgi",
     "sharedarea_read",
-    "suspend_until_ready",
+    "suspend_until_readable",
     "threads_enabled",
     "uwsgi_options",
 ]
@@ -132,9 +132,19 @@ def concurrency_model() -> Optional[str]:
 
 
 def threads_enabled() -> bool:
-    """True if uWSGI lets Python threads run (``--enable-threads`` or ``--threads``)."""
+    """True if uWSGI lets Python threads run.
+
+    Always so since uWSGI 2.0.31 (``--enable-threads`` became a no-op);
+    older versions need ``--enable-threads`` or ``--threads``.
+    """
+    if _uwsgi is None:
+        return True
     options = uwsgi_options()
-    return "enable-threads" in options or _int_option(options, "threads") > 1
+    return (
+        bool(getattr(_uwsgi, "has_threads", 0))
+        or "enable-threads" in options
+        or _int_option(options, "threads") > 1
+    )
 
 
 def check_server() -> None:
@@ -165,7 +175,7 @@ def check_server() -> None:
         raise ConfigurationError(
             f"Flask-WebSocket cannot run on uWSGI's {model[5:]} loop engine: use "
             "--gevent N, --asyncio N --greenlet, --async N --ugreen or --greenlet, "
-            "--threads N, or --processes N with --enable-threads. " + _RUN_HINT
+            "--threads N or --processes N. " + _RUN_HINT
         )
     if model == "ugreen":
         raise ConfigurationError(
@@ -197,19 +207,14 @@ def current_connection_fd() -> Optional[int]:
     return fd if fd >= 0 else None
 
 
-def suspend_until_ready(wake_fd: int, fd: Optional[int] = None, write: bool = False) -> None:
-    """Suspend this uWSGI async core until ``wake_fd`` is readable, or ``fd``
-    is readable (``write``: writable); the worker's other cores run meanwhile.
+def suspend_until_readable(fd: int) -> None:
+    """Suspend this uWSGI async core until ``fd`` is readable; other cores run.
 
-    uWSGI forgets the fds once the core resumes: call again to wait again.
+    Give uWSGI one fd per suspension: with two, uWSGI closes the second when
+    both are ready in the same pass.
     """
     assert _uwsgi is not None
-    _uwsgi.wait_fd_read(wake_fd, 0)  # 0: no uWSGI timeout (it counts whole seconds)
-    if fd is not None:
-        if write:
-            _uwsgi.wait_fd_write(fd, 0)
-        else:
-            _uwsgi.wait_fd_read(fd, 0)
+    _uwsgi.wait_fd_read(fd, 0)  # 0: no uWSGI timeout (it counts whole seconds)
     _uwsgi.suspend()
 
 

@@ -143,11 +143,11 @@ def served(tmp_path: Path) -> Iterator[Callable[[List[str], int], Served]]:
 @pytest.mark.parametrize(
     ("flags", "hint"),
     [
-        ((), "add --enable-threads"),  # processes, and Python threads kept from running
         (("--async", "10"), "add --ugreen or --greenlet"),  # no suspend engine
         (("--asyncio", "10"), "add --greenlet"),
+        (("--async", "10", "--ugreen"), "use --async N --greenlet"),
     ],
-    ids=["processes-without-threads", "async-without-suspend-engine", "asyncio-without-greenlet"],
+    ids=["async-without-suspend-engine", "asyncio-without-greenlet", "ugreen"],
 )
 def test_a_model_that_cannot_work_refuses_to_load_the_app(
     start_uwsgi: Callable[..., UwsgiServer], flags: Tuple[str, ...], hint: str

@@ -46,7 +46,7 @@ class Model:
 MODELS = [
     Model("gevent", (), gevent=100, per_worker=100),
     Model("threads", ("--threads", "64"), per_worker=64),
-    Model("processes", ("--enable-threads",), processes=2, per_worker=1),
+    Model("processes", (), processes=2, per_worker=1),
     Model("asyncio", ("--asyncio", "64", "--greenlet"), per_worker=64),
     Model("greenlet", ("--async", "64", "--greenlet"), per_worker=64),
 ]
@@ -226,3 +226,50 @@ def test_receive_timeout(model_server: Tuple[Model, UwsgiServer]) -> None:
         assert ws.recv(timeout=10) == "waited=None"
         ws.send("late")
         assert ws.recv(timeout=10) == "then='late'"
+
+
+def test_broadcast_storm_inside_one_worker(model_server: Tuple[Model, UwsgiServer]) -> None:
+    """Members that send and receive at once: every broadcast reaches every member, in order."""
+    model, server = model_server
+    members = min(8, model.per_worker)
+    per_member = 25
+    room = f"storm-{os.urandom(4).hex()}"
+
+    async def run() -> List[List[str]]:
+        sockets = [
+            await async_connect(server.url(f"/room/{room}"), open_timeout=20, ping_interval=None)
+            for _ in range(members)
+        ]
+        try:
+            ids = []
+            for ws in sockets:
+                greeting = await asyncio.wait_for(ws.recv(), 20)
+                ids.append(str(greeting).rsplit("id=", 1)[1])
+
+            async def member(index: int) -> List[str]:
+                ws = sockets[index]
+
+                async def send_all() -> None:
+                    for n in range(per_member):
+                        await ws.send(f"m{index}.{n}")
+
+                sender = asyncio.create_task(send_all())
+                got = [
+                    str(await asyncio.wait_for(ws.recv(), 30)) for _ in range(members * per_member)
+                ]
+                await sender
+                return got
+
+            return list(await asyncio.gather(*(member(i) for i in range(members))))
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+
+    received = asyncio.run(run())
+    for got in received:
+        assert len(got) == members * per_member
+        by_sender: Dict[str, List[int]] = {}
+        for line in got:
+            sender_id, text = line.split(": ", 1)
+            by_sender.setdefault(sender_id, []).append(int(text.rsplit(".", 1)[1]))
+        assert len(by_sender) == members
+        assert all(sequence == list(range(per_member)) for sequence in by_sender.values())

@@ -5,7 +5,7 @@ model             uWSGI flags                                 backend
 ================  ==========================================  ===========================
 gevent            ``--gevent N``                              :mod:`.gevent`
 threads           ``--threads N``                             :mod:`.threads`
-processes         ``--processes N --enable-threads``          :mod:`.threads`
+processes         ``--processes N``                           :mod:`.threads`
 uGreen            ``--async N --ugreen``                      :mod:`.uwsgi_async`
 greenlet          ``--async N --greenlet``                    :mod:`.uwsgi_async`
 asyncio           ``--asyncio N --greenlet``                  :mod:`.asyncio_loop`

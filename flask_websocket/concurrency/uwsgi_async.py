@@ -7,10 +7,12 @@ borrow either (as there is under gevent or asyncio). Instead the waiting
 cores drive the loop themselves. A handler that sleeps:
 
 1. runs the timers that are due (any connection's: keepalive, close timeouts);
-2. asks uWSGI to resume it when its own connection's socket is ready (for
-   writing if a send queue is waiting, else for reading) or when its wake-up
-   fd fires (``uwsgi.wait_fd_read`` / ``wait_fd_write``), and suspends
-   (``uwsgi.suspend``), so the worker's other cores run meanwhile;
+2. puts its own connection's socket (for reading, and for writing while a
+   send queue waits) and its wake-up fd in an epoll of its own, asks uWSGI to
+   resume it when that epoll is readable (``uwsgi.wait_fd_read``) and
+   suspends (``uwsgi.suspend``), so the worker's other cores run meanwhile
+   (uWSGI is never given two fds at once: when both are ready in one pass it
+   closes the second);
 3. once resumed, runs its connection's read and write callbacks, which feed
    the protocol and queue messages exactly as under gevent.
 
@@ -32,6 +34,7 @@ import heapq
 import itertools
 import logging
 import os
+import select
 import time
 from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple
 
@@ -115,6 +118,42 @@ class _TimerFd:
             os.read(self.fd, 8)
 
 
+class _CoreWaiter:
+    """What one sleeping core waits on: its socket and its timerfd, in one epoll.
+
+    uWSGI is given only the epoll's fd: when two fds registered for one
+    suspension are ready in the same pass, uWSGI reports the first and
+    *closes* the other, which would close the client's socket.
+    """
+
+    __slots__ = ("_watched", "epoll", "timer")
+
+    def __init__(self) -> None:
+        self.timer = _TimerFd()
+        self.epoll = select.epoll()
+        self.epoll.register(self.timer.fd, select.EPOLLIN)
+        self._watched: Optional[int] = None  # the socket fd in the epoll, if any
+
+    def watch(self, fd: Optional[int], events: int) -> None:
+        """Watch ``fd`` for ``events`` (``0``: not at all) besides the timer."""
+        if self._watched is not None and (fd != self._watched or not events):
+            with contextlib.suppress(OSError):
+                self.epoll.unregister(self._watched)
+            self._watched = None
+        if fd is None or not events:
+            return
+        if self._watched is None:
+            self.epoll.register(fd, events)
+            self._watched = fd
+        else:
+            self.epoll.modify(fd, events)
+
+    def drain(self) -> None:
+        """Empty the epoll's ready list, so it does not stay readable for uWSGI."""
+        self.epoll.poll(0)
+        self.timer.disarm_and_drain()
+
+
 class _FdWatcher(Watcher):
     __slots__ = ("_active", "_backend", "_closed", "_fd", "_write", "callback")
 
@@ -161,20 +200,20 @@ class _CoreTimer(Timer):
 class CoreWakeup(Wakeup):
     """One async core sleeps, suspended in uWSGI, until notified."""
 
-    __slots__ = ("_backend", "_notified", "_timer_fd")
+    __slots__ = ("_backend", "_notified", "_waiter")
 
     def __init__(self, backend: UwsgiAsyncBackend) -> None:
         self._backend = backend
-        self._timer_fd: Optional[_TimerFd] = None
+        self._waiter: Optional[_CoreWaiter] = None
         self._notified = False
 
     @property
     def waiting(self) -> bool:
-        return self._timer_fd is not None
+        return self._waiter is not None
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         if not self._notified:
-            if self._timer_fd is not None:
+            if self._waiter is not None:
                 raise RuntimeError("another task is already waiting on this connection")
             deadline = None if timeout is None else time.monotonic() + timeout
             self._backend._sleep_until(self, deadline)
@@ -184,9 +223,9 @@ class CoreWakeup(Wakeup):
 
     def notify(self) -> None:
         self._notified = True
-        timer_fd = self._timer_fd
-        if timer_fd is not None:
-            timer_fd.arm(0)  # wake the core: it re-checks at once
+        waiter = self._waiter
+        if waiter is not None:
+            waiter.timer.arm(0)  # wake the core: it re-checks at once
 
 
 class UwsgiAsyncBackend(Backend):
@@ -200,11 +239,11 @@ class UwsgiAsyncBackend(Backend):
         self._sleepers: Dict[int, CoreWakeup] = {}
         self._timers: List[Tuple[float, int, _CoreTimer]] = []
         self._sequence = itertools.count()
-        self._free_timer_fds: List[_TimerFd] = []
+        self._free_waiters: List[_CoreWaiter] = []
         self._pid = os.getpid()
         self._in_callback = False
         try:
-            self._free_timer_fds.append(_TimerFd())
+            self._free_waiters.append(_CoreWaiter())
         except (OSError, AttributeError) as exc:
             raise ConfigurationError(
                 f"uWSGI's {name} suspend engine needs Linux timerfds ({exc}); "
@@ -260,8 +299,8 @@ class UwsgiAsyncBackend(Backend):
         if slots[0] is None and slots[1] is None:
             del self._watchers[fd]
         sleeper = self._sleepers.get(fd)
-        if sleeper is not None and sleeper._timer_fd is not None:
-            sleeper._timer_fd.arm(0)  # let it wait for the new events
+        if sleeper is not None and sleeper._waiter is not None:
+            sleeper._waiter.timer.arm(0)  # let it wait for the new events
 
     def _run_callbacks(self, fd: int) -> None:
         slots = self._watchers.get(fd)
@@ -294,16 +333,16 @@ class UwsgiAsyncBackend(Backend):
         finally:
             self._in_callback = False
 
-    def _take_timer_fd(self) -> _TimerFd:
+    def _take_waiter(self) -> _CoreWaiter:
         if self._pid != os.getpid():  # forked: those belong to the parent
-            self._free_timer_fds, self._pid = [], os.getpid()
-        return self._free_timer_fds.pop() if self._free_timer_fds else _TimerFd()
+            self._free_waiters, self._pid = [], os.getpid()
+        return self._free_waiters.pop() if self._free_waiters else _CoreWaiter()
 
     def _sleep_until(self, wakeup: CoreWakeup, deadline: Optional[float]) -> None:
         """Suspend this core until ``wakeup`` is notified or ``deadline`` passes."""
         own_fd = transport.current_connection_fd()
-        timer_fd = self._take_timer_fd()
-        wakeup._timer_fd = timer_fd
+        waiter = self._take_waiter()
+        wakeup._waiter = waiter
         if own_fd is not None:
             self._sleepers[own_fd] = wakeup
         try:
@@ -316,27 +355,22 @@ class UwsgiAsyncBackend(Backend):
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     break
-                wake_at = (
-                    min(t for t in (deadline, next_timer) if t is not None)
-                    if (deadline is not None or next_timer is not None)
-                    else None
-                )
-                timer_fd.disarm_and_drain()
-                if wake_at is not None:
-                    timer_fd.arm(wake_at - now)
-                watch_fd = write = None
+                waiter.drain()
+                wake_times = [t for t in (deadline, next_timer) if t is not None]
+                if wake_times:
+                    waiter.timer.arm(min(wake_times) - now)
+                events = 0
                 slots = self._watchers.get(own_fd) if own_fd is not None else None
                 if slots is not None:
-                    # uWSGI takes one event per fd per suspension: writing first,
-                    # since reading stops anyway while a send queue is over its bound.
-                    if slots[1] is not None:
-                        watch_fd, write = own_fd, True
-                    elif slots[0] is not None:
-                        watch_fd, write = own_fd, False
-                transport.suspend_until_ready(timer_fd.fd, watch_fd, bool(write))
+                    events = (select.EPOLLIN if slots[0] is not None else 0) | (
+                        select.EPOLLOUT if slots[1] is not None else 0
+                    )
+                waiter.watch(own_fd, events)
+                transport.suspend_until_readable(waiter.epoll.fileno())
         finally:
-            wakeup._timer_fd = None
+            wakeup._waiter = None
             if own_fd is not None and self._sleepers.get(own_fd) is wakeup:
                 del self._sleepers[own_fd]
-            timer_fd.disarm_and_drain()
-            self._free_timer_fds.append(timer_fd)
+            waiter.watch(None, 0)  # never keep a socket uWSGI will close
+            waiter.drain()
+            self._free_waiters.append(waiter)
