@@ -126,7 +126,7 @@ class _State:
 
     def _start_hub(self) -> None:
         config = self.app.config
-        gevent = self.backend.guard is None
+        gevent = self.backend.name == "gevent"  # the local and redis hubs run on gevent
         # The local hub by default under gevent, even for one worker: it costs
         # a socket and an idle greenlet, and lets other processes on the host
         # (more workers, a `flask` CLI command) broadcast to this one.

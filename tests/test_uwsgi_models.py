@@ -273,3 +273,12 @@ def test_broadcast_storm_inside_one_worker(model_server: Tuple[Model, UwsgiServe
             by_sender.setdefault(sender_id, []).append(int(text.rsplit(".", 1)[1]))
         assert len(by_sender) == members
         assert all(sequence == list(range(per_member)) for sequence in by_sender.values())
+
+
+def test_model_detected_and_default_hub(model_server: Tuple[Model, UwsgiServer]) -> None:
+    """The backend matches the flags; the local hub (gevent greenlets) only under gevent."""
+    model, server = model_server
+    with urllib.request.urlopen(server.http_url("/hub"), timeout=10) as response:
+        scheme, backend = response.read().decode().split()
+    assert backend == model.name
+    assert scheme == ("local" if model.name == "gevent" else "memory")

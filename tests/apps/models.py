@@ -68,3 +68,10 @@ def timeout(ws: WebSocketConnection) -> None:
     """receive(timeout) returns None when nothing arrives in time; then echo once."""
     ws.send(f"waited={ws.receive(timeout=0.2)!r}")
     ws.send(f"then={ws.receive(timeout=10)!r}")
+
+
+@app.route("/hub")
+def hub_kind() -> str:
+    """Which hub and backend this worker uses (the defaults depend on the model)."""
+    state = app.extensions["websocket"]
+    return f"{state.hub.scheme} {state.backend.name}"
