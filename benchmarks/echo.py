@@ -598,25 +598,7 @@ def main(argv=None) -> int:
         default="raw,flask-websocket",
         help="comma-separated subset of: raw, flask-websocket",
     )
-    ap.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=30.0,
-        help="before each run, wait up to this many seconds for the machine to go quiet "
-        "(other work < 0.15 core); 0 to skip (default 30)",
-    )
-    ap.add_argument(
-        "--max-other-cpu",
-        type=float,
-        default=0.25,
-        help="a run during which other work used more than this many cores is noisy (default 0.25)",
-    )
-    ap.add_argument(
-        "--retry-noisy",
-        type=int,
-        default=2,
-        help="re-run a noisy run up to this many times, keeping the quietest (default 2)",
-    )
+    bl.add_quiet_args(ap, retry_noisy=2)
     args = ap.parse_args(argv)
     try:
         servers = bl.parse_servers(args.servers)
@@ -646,27 +628,10 @@ def main(argv=None) -> int:
                 end=" ",
                 flush=True,
             )
-            attempts = []
-            for attempt in range(1, args.retry_noisy + 2):
-                if args.quiet_wait > 0:
-                    waited, _ = bl.wait_for_quiet(args.quiet_wait)
-                rec = run_one(name, rnd, args, stamp, attempt)
-                rec["attempt"] = attempt
-                if args.quiet_wait > 0:
-                    rec["quiet_wait_s"] = waited
-                attempts.append(rec)
-                if "error" in rec or rec["other_cpu_util"] <= args.max_other_cpu:
-                    break
-                print(
-                    f"noisy ({rec['other_cpu_util']:.0%} of a core used by other work), "
-                    "retrying ...",
-                    end=" ",
-                    flush=True,
-                )
-            ok = [a for a in attempts if "error" not in a]
-            rec = min(ok, key=lambda a: a["other_cpu_util"]) if ok else attempts[-1]
-            rec["noisy"] = "error" not in rec and rec["other_cpu_util"] > args.max_other_cpu
-            discarded.extend(a for a in attempts if a is not rec)
+            rec, rejected = bl.run_quietest(
+                lambda attempt, name=name, rnd=rnd: run_one(name, rnd, args, stamp, attempt), args
+            )
+            discarded.extend(rejected)
             runs.append(rec)
             if "error" in rec:
                 print(f"ERROR: {rec['error']}")

@@ -235,6 +235,24 @@ async def measure(server: bl.Server, args) -> dict:
     return out
 
 
+def measure_problems(rec: dict, connections: int) -> list[str]:
+    """What went wrong in a measure() result (empty if nothing)."""
+    problems = []
+    if rec.get("failed"):
+        problems.append(
+            f"{rec['failed']} of {connections} connections failed ({rec['first_error']})"
+        )
+    if rec.get("dropped_while_idle") or rec.get("closed_by_server"):
+        problems.append(
+            f"{rec['dropped_while_idle']} connections dropped / "
+            f"{rec['closed_by_server']} closed by the server"
+            " while idle"
+        )
+    if rec.get("mismatches"):
+        problems.append(f"{rec['mismatches']} echo replies did not match")
+    return problems
+
+
 def run_one(name: str, rnd: int, args, stamp: str) -> dict:
     log = os.path.join(bl.RESULTS_DIR, "logs", f"idle-memory-{stamp}-{name}-r{rnd}.log")
     server = bl.Server(name=name, mode=args.mode, gevent=args.gevent, log_path=log)
@@ -246,19 +264,7 @@ def run_one(name: str, rnd: int, args, stamp: str) -> dict:
             rec["worker_pids"] = [w.pid for w in server.workers]
             rec.update(bl.run_uvloop(lambda: measure(server, args)))
             server.check_alive()
-        problems = []
-        if rec.get("failed"):
-            problems.append(
-                f"{rec['failed']} of {args.connections} connections failed ({rec['first_error']})"
-            )
-        if rec.get("dropped_while_idle") or rec.get("closed_by_server"):
-            problems.append(
-                f"{rec['dropped_while_idle']} connections dropped / "
-                f"{rec['closed_by_server']} closed by the server"
-                " while idle"
-            )
-        if rec.get("mismatches"):
-            problems.append(f"{rec['mismatches']} echo replies did not match")
+        problems = measure_problems(rec, args.connections)
         if problems:
             rec["error"] = f"{name}: " + "; ".join(problems)
             rec["log_tail"] = server.log_tail()
