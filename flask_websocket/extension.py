@@ -10,6 +10,7 @@ as in any view, and the handler runs inside the request context.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import sys
@@ -152,7 +153,9 @@ class _State:
         return self.hub.registry
 
 
-def capture_start_response(wsgi_app: Callable[..., Iterable[bytes]]) -> Callable[..., Any]:
+def capture_start_response(
+    wsgi_app: Callable[..., Iterable[bytes]], own_context: bool = False
+) -> Callable[..., Any]:
     """Wrap ``wsgi_app`` so that a view can answer the upgrade itself.
 
     Flask gives a view no access to ``start_response``; the handshake needs
@@ -160,13 +163,28 @@ def capture_start_response(wsgi_app: Callable[..., Iterable[bytes]]) -> Callable
     function rather than a class with ``__call__``: Python 3.11 inlines the
     call, and every C stack frame saved is memory saved per idle connection.
     The wrapped app stays reachable as ``.wsgi_app``.
+
+    With ``own_context`` each request runs in a new, empty
+    :class:`contextvars.Context`, as each greenlet does: Flask keeps its
+    request context in context variables, and PyPy's continulets (the
+    "continulets" model) share one context between the request cores.
     """
 
-    def flask_websocket_middleware(
-        environ: Dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
-        environ[START_RESPONSE_KEY] = start_response
-        return wsgi_app(environ, start_response)
+    if own_context:
+
+        def flask_websocket_middleware(
+            environ: Dict[str, Any], start_response: Callable[..., Any]
+        ) -> Iterable[bytes]:
+            environ[START_RESPONSE_KEY] = start_response
+            return contextvars.Context().run(wsgi_app, environ, start_response)
+
+    else:
+
+        def flask_websocket_middleware(
+            environ: Dict[str, Any], start_response: Callable[..., Any]
+        ) -> Iterable[bytes]:
+            environ[START_RESPONSE_KEY] = start_response
+            return wsgi_app(environ, start_response)
 
     flask_websocket_middleware.wsgi_app = wsgi_app  # type: ignore[attr-defined]
     return flask_websocket_middleware
@@ -239,7 +257,9 @@ class WebSocket:
             from werkzeug.debug import DebuggedApplication
 
             app.wsgi_app = DebuggedApplication(app.wsgi_app, evalex=True)  # type: ignore[method-assign]
-        app.wsgi_app = capture_start_response(app.wsgi_app)  # type: ignore[method-assign]
+        app.wsgi_app = capture_start_response(  # type: ignore[method-assign]
+            app.wsgi_app, own_context=transport.concurrency_model() == "continulets"
+        )
 
         from .cli import websocket_cli
 

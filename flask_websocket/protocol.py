@@ -20,10 +20,12 @@ hands bytes out. ``connection.py`` does the I/O.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import logging
 import struct
 from dataclasses import dataclass, field
-from typing import List, Mapping, Optional, Sequence, Tuple, Union
+from http import HTTPStatus
+from typing import TYPE_CHECKING, List, Mapping, Optional, Sequence, Tuple, Union
 
 from websockets.datastructures import Headers
 from websockets.frames import Close, Frame, Opcode
@@ -72,6 +74,20 @@ _pack_long = struct.Struct("!BBQ").pack
 # websockets logs every opened and closed connection at INFO; that is our
 # job (or uWSGI's), so give it a logger of its own that users can tune.
 _protocol_logger = logging.getLogger("flask_websocket.protocol")
+
+# websockets 15 compatibility. Python 3.9 and 3.10 (so also PyPy 3.9, see
+# docs/pypy.rst) get websockets 15.0.1 at most; this module is written for 17
+# and tested with both. Two differences matter, each detected once, here:
+#
+# * 17 renamed the protocol's ``cur_size`` and ``max_size`` attributes to
+#   ``current_size`` and ``max_message_size``: on 15,
+#   :class:`_ValidatingServerProtocol` gets the 17 names as aliases (on 17 it
+#   gets nothing, so the hot path reads plain attributes as before).
+# * 17's ``Request`` has a ``method`` and ``accept`` answers anything but GET
+#   with 405; 15's has no method: :meth:`ServerProtocol.accept` gives the same
+#   405 itself.
+_NAMES_BEFORE_17 = not hasattr(_WebsocketsProtocol(Side.SERVER), "current_size")
+_REQUEST_HAS_METHOD = "method" in {f.name for f in dataclasses.fields(Request)}
 
 
 def encode_frame(opcode: int, payload: bytes) -> bytes:
@@ -148,6 +164,20 @@ class _ValidatingServerProtocol(_WebsocketsServerProtocol):
 
     text_decoder: Optional[codecs.IncrementalDecoder] = None
 
+    if not TYPE_CHECKING and _NAMES_BEFORE_17:  # websockets 15: the names 17 uses
+
+        @property
+        def current_size(self):
+            return self.cur_size
+
+        @current_size.setter
+        def current_size(self, value):
+            self.cur_size = value
+
+        @property
+        def max_message_size(self):
+            return self.max_size
+
     def recv_frame(self, frame: Frame) -> None:
         opcode = frame.opcode
         # (A text or continuation frame out of place is websockets' to
@@ -196,7 +226,9 @@ class MessageProtocol:
 
     def __init__(self, ws: _WebsocketsProtocol) -> None:
         self._ws = ws
-        # Frames from clients are masked: the fast path reads only those.
+        # Frames from clients are masked: the fast path reads only those. (It
+        # reads current_size and max_message_size, which websockets 15 names
+        # only on _ValidatingServerProtocol, the server side's class.)
         self._fast_path = ws.side is Side.SERVER
         self._partial: Optional[_Reassembly] = None
         #: Payload of the last pong received, or ``None``.
@@ -451,8 +483,16 @@ class ServerProtocol(MessageProtocol):
                 f"Failed to open a WebSocket connection: unsupported WebSocket version "
                 f"{version!r}; this server speaks version 13.\n".encode(),
             )
-        request = Request(path, headers, method=method)
-        response = self._server.accept(request)
+        if _REQUEST_HAS_METHOD:
+            response = self._server.accept(Request(path, headers, method=method))
+        elif method == "GET":
+            response = self._server.accept(Request(path, headers))
+        else:  # websockets 15 does not check the method: answer as 17 does
+            response = self._server.reject(
+                HTTPStatus.METHOD_NOT_ALLOWED,
+                f"Failed to open a WebSocket connection: unsupported HTTP method: {method}.\n",
+            )
+            response.headers["Allow"] = "GET"
         self._server.send_response(response)
         self._server.data_to_send()  # the HTTP response is written by uWSGI, not us
         if response.status_code == 101:

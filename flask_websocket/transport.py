@@ -12,6 +12,7 @@ a hostile frame cannot crash the worker, and any greenlet can write.
 from __future__ import annotations
 
 import _socket
+import sys
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .exceptions import ConfigurationError
@@ -21,7 +22,18 @@ try:  # pragma: no cover - depends on the server
 except ImportError:  # not running under uWSGI
     _uwsgi = None
 
+# PyPy's continulets (uWSGI's async engine under PyPy) do not switch the
+# current contextvars context as greenlets do: a suspended core would resume
+# in the context of whichever core ran last. suspend_until_readable puts its
+# own back; PyPy alone can set the current context.
+try:  # pragma: no cover - PyPy only
+    from __pypy__ import get_contextvar_context as _get_context
+    from __pypy__ import set_contextvar_context as _set_context
+except ImportError:
+    _get_context = _set_context = None
+
 __all__ = [
+    "PYPY_CONTINULETS_EVAL",
     "TEST_SOCKET_KEY",
     "StartResponse",
     "check_server",
@@ -29,11 +41,13 @@ __all__ = [
     "current_connection_fd",
     "loop_engine",
     "open_connection_socket",
+    "pypy_continulets_installed",
     "release_socket",
     "running_under_uwsgi",
     "sharedarea_read",
     "suspend_until_readable",
     "threads_enabled",
+    "ugreen_patched",
     "uwsgi_options",
 ]
 
@@ -100,12 +114,58 @@ def _int_option(options: Mapping[str, Any], name: str) -> int:
 
 
 #: The concurrency models :func:`concurrency_model` names.
-MODELS = ("gevent", "asyncio", "greenlet", "ugreen", "threads", "processes")
+MODELS = ("gevent", "asyncio", "greenlet", "ugreen", "continulets", "threads", "processes")
+
+#: The ``--pypy-eval`` code that installs the continulet engine of uWSGI's
+#: PyPy plugin: what ``uwsgi_pypy_setup_continulets()`` does, which fails in
+#: uWSGI 2.0.31 on Python 3 (``lib.uwsgi["async"]`` on a cffi struct; see
+#: docs/pypy.rst).
+PYPY_CONTINULETS_EVAL = (
+    "lib.uwsgi.schedule_to_main = uwsgi_pypy_continulet_switch; "
+    "lib.uwsgi.schedule_to_req = uwsgi_pypy_continulet_schedule"
+)
+
+
+def _pypy_plugin() -> Optional[Dict[str, Any]]:
+    """The namespace of uWSGI's PyPy plugin set-up code, under that plugin.
+
+    The plugin's ``uwsgi`` module is made of Python functions defined in its
+    ``pypy_setup.py``, whose globals hold the cffi ``lib`` (uWSGI's own
+    ``struct uwsgi_server`` as ``lib.uwsgi``) and ``ffi``. ``None`` under
+    CPython's plugin, whose functions are C.
+    """
+    if _uwsgi is None or sys.implementation.name != "pypy":
+        return None
+    namespace = getattr(getattr(_uwsgi, "suspend", None), "__globals__", None)
+    if not isinstance(namespace, dict) or "lib" not in namespace or "ffi" not in namespace:
+        return None
+    return namespace
+
+
+def pypy_continulets_installed() -> bool:
+    """True when uWSGI's PyPy plugin suspends request cores with continulets.
+
+    That is when uWSGI's ``schedule_to_main`` hook (what ``uwsgi.suspend``
+    calls) is the plugin's continulet switch, however it was installed (the
+    ``--pypy-eval`` workaround, or ``uwsgi_pypy_setup_continulets()`` once
+    uWSGI fixes it). The options give no sign of it.
+    """
+    namespace = _pypy_plugin()
+    if namespace is None:
+        return False
+    switch = namespace.get("uwsgi_pypy_continulet_switch")
+    try:
+        current = namespace["lib"].uwsgi.schedule_to_main
+        return bool(switch is not None and current != namespace["ffi"].NULL and current == switch)
+    except (AttributeError, TypeError):  # another plugin version's layout
+        return False
 
 
 def concurrency_model() -> Optional[str]:
     """How this uWSGI worker runs requests: one of :data:`MODELS`.
 
+    ``"continulets"`` is ``--async N`` under uWSGI's PyPy plugin with its
+    continulet engine installed (see :func:`pypy_continulets_installed`).
     ``None`` outside uWSGI; ``"async"`` for ``--async N`` with no suspend
     engine and ``"loop:<name>"`` for a loop engine we do not know, which
     :func:`check_server` refuses.
@@ -121,6 +181,8 @@ def concurrency_model() -> Optional[str]:
     if loop not in (None, "async", "uwsgi"):
         return f"loop:{loop}"
     if _int_option(options, "async") > 1:
+        if pypy_continulets_installed():
+            return "continulets"
         if "greenlet" in options:
             return "greenlet"
         if "ugreen" in options:
@@ -137,14 +199,25 @@ def threads_enabled() -> bool:
     Always so since uWSGI 2.0.31 (``--enable-threads`` became a no-op);
     older versions need ``--enable-threads`` or ``--threads``.
     """
-    if _uwsgi is None:
-        return True
+    if _uwsgi is None or _pypy_plugin() is not None:
+        return True  # uWSGI's PyPy plugin turns threads on as it loads (uwsgi_pypy_onload)
     options = uwsgi_options()
     return (
         bool(getattr(_uwsgi, "has_threads", 0))
         or "enable-threads" in options
         or _int_option(options, "threads") > 1
     )
+
+
+def ugreen_patched() -> bool:
+    """True if this uWSGI's Python plugin lets uGreen cores suspend safely.
+
+    Stock uWSGI (2.0.31 and master) keeps the GIL and shares one Python data
+    stack across suspended uGreen cores on Python 3.11+; the patch in
+    ``scripts/patches/`` fixes both and sets ``uwsgi.ugreen_suspends_python``.
+    Python before 3.11 needs no data stack swap, but the GIL deadlock remains.
+    """
+    return bool(getattr(_uwsgi, "ugreen_suspends_python", 0))
 
 
 def check_server() -> None:
@@ -165,6 +238,13 @@ def check_server() -> None:
     model = concurrency_model()
     if model == "gevent":
         return
+    if model == "async" and _pypy_plugin() is not None:
+        raise ConfigurationError(
+            "uWSGI's PyPy plugin runs --async without its continulet engine, so a "
+            "WebSocket handler could not wait without blocking the worker. uWSGI "
+            "2.0.31's uwsgi_pypy_setup_continulets() fails on Python 3; install the "
+            f"engine with: --pypy-eval '{PYPY_CONTINULETS_EVAL}' (see docs/pypy.rst)."
+        )
     if model == "async":
         raise ConfigurationError(
             "uWSGI runs --async without a suspend engine, so a WebSocket handler "
@@ -177,12 +257,14 @@ def check_server() -> None:
             "--gevent N, --asyncio N --greenlet, --async N --ugreen or --greenlet, "
             "--threads N or --processes N. " + _RUN_HINT
         )
-    if model == "ugreen":
+    if model == "ugreen" and not ugreen_patched():
         raise ConfigurationError(
-            "uWSGI's uGreen engine stalls the whole worker once a core suspends on "
-            "a file descriptor that is not ready yet (seen with uWSGI 2.0.31 and "
-            "Python 3.11, with or without Flask-WebSocket; see docs/concurrency.rst): "
-            "use --async N --greenlet, which serves the same async cores. " + _RUN_HINT
+            "uWSGI's uGreen engine deadlocks the worker on Python 3.11+ as soon as a "
+            "second request arrives while a core is suspended (the suspended core keeps "
+            "the GIL), unless uWSGI is built with the patch in Flask-WebSocket's "
+            "scripts/patches/ (scripts/install-uwsgi.sh builds it; see "
+            "docs/concurrency.rst). Use --async N --greenlet, which serves the same "
+            "async cores, or that build. " + _RUN_HINT
         )
     if model == "asyncio" and "greenlet" not in options:
         raise ConfigurationError(
@@ -202,7 +284,7 @@ def current_connection_fd() -> Optional[int]:
         return None
     try:
         fd = int(_uwsgi.connection_fd())
-    except (SystemError, OSError):  # not inside a request
+    except Exception:  # not inside a request: SystemError (CPython), Exception (PyPy)
         return None
     return fd if fd >= 0 else None
 
@@ -215,7 +297,12 @@ def suspend_until_readable(fd: int) -> None:
     """
     assert _uwsgi is not None
     _uwsgi.wait_fd_read(fd, 0)  # 0: no uWSGI timeout (it counts whole seconds)
+    if _get_context is None:
+        _uwsgi.suspend()
+        return
+    context = _get_context()  # PyPy: this core's contextvars (see the import)
     _uwsgi.suspend()
+    _set_context(context)
 
 
 def open_connection_socket(

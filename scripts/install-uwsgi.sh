@@ -16,6 +16,14 @@
 # which is not on uWSGI's include path, hence CFLAGS=-I...
 # pip must really rebuild (--no-binary, --force-reinstall, --no-cache-dir):
 # a plain uwsgi wheel in pip's cache would otherwise be reused.
+#
+# The patches in scripts/patches/ are applied to the sdist first.
+# uwsgi-2.0.31-ugreen-python.patch makes uGreen usable on Python 3.11+: on
+# stock 2.0.31 a core that suspends keeps the GIL (threads are always on since
+# 2.0.27), so the next request deadlocks the worker, and all cores share one
+# Python data stack. The patch releases the GIL and swaps the data stack in the
+# Python plugin's suspend/resume hooks, and sets uwsgi.ugreen_suspends_python,
+# which flask_websocket checks before it accepts --ugreen.
 # Needs gcc, python3-dev and libssl-dev (scripts/bootstrap.sh installs them;
 # without libssl-dev uWSGI's WebSocket handshake support is missing).
 set -euo pipefail
@@ -33,6 +41,15 @@ if [ ! -x "$python" ]; then
     exit 1
 fi
 
+patches=(scripts/patches/uwsgi-"$version"-*.patch)
+[ -e "${patches[0]}" ] || patches=()
+# What the build is made of; kept beside the binary to skip identical rebuilds.
+recipe=$(
+    echo "uwsgi $version plugins $plugins"
+    for patch in "${patches[@]}"; do sha256sum "$patch"; done
+)
+stamp="$venv/.uwsgi-build"
+
 # The loop plugins register the --asyncio and --greenlet options; uwsgi --help
 # lists an option only when the plugin providing it is in the binary.
 has_plugins() {
@@ -43,8 +60,8 @@ has_plugins() {
     grep -qE '^ +--asyncio ' <<<"$help" && grep -qE '^ +--greenlet ' <<<"$help"
 }
 
-if has_plugins; then
-    echo "install-uwsgi: $uwsgi is uWSGI $version with $plugins already"
+if has_plugins && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$recipe" ]; then
+    echo "install-uwsgi: $uwsgi is uWSGI $version with $plugins and ${#patches[@]} patch(es) already"
     exit 0
 fi
 
@@ -68,14 +85,23 @@ if [ ! -f "$greenlet_include/greenlet/greenlet.h" ]; then
     exit 1
 fi
 
-echo "install-uwsgi: building uWSGI $version with $plugins into $venv (about a minute)"
+echo "install-uwsgi: building uWSGI $version with $plugins and ${#patches[@]} patch(es) into $venv (about a minute)"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$python" -m pip download -q --no-deps --no-binary :all: \
+    -d "$work" "uwsgi==$version"
+tar -xzf "$work/uwsgi-$version.tar.gz" -C "$work"
+for patch in "${patches[@]}"; do
+    patch -s -p1 -d "$work/uwsgi-$version" < "$patch"
+done
 UWSGI_EMBED_PLUGINS="$plugins" \
 CFLAGS="-I$greenlet_include${CFLAGS:+ $CFLAGS}" \
     "$python" -m pip install -q --no-cache-dir --force-reinstall --no-deps \
-        --no-binary uwsgi "uwsgi==$version"
+        "$work/uwsgi-$version"
 
 if ! has_plugins; then
     echo "install-uwsgi: the build finished but $uwsgi lacks --asyncio/--greenlet" >&2
     exit 1
 fi
-echo "install-uwsgi: $uwsgi is uWSGI $version with $plugins"
+echo "$recipe" > "$stamp"
+echo "install-uwsgi: $uwsgi is uWSGI $version with $plugins and ${#patches[@]} patch(es)"

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 scripts/install-autobahn.sh
+scripts/install-pypy-uwsgi.sh  # PyPy + uWSGI's PyPy plugin: the "continulets" model
 
 echo "== ruff"
 .venv/bin/ruff check flask_websocket tests examples benchmarks

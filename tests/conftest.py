@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Iterator, List
 
 import pytest
 
-from tests.uwsgi_server import UwsgiServer
+from tests.uwsgi_server import PypyBuild, UwsgiServer, find_pypy_build
 
 StartServer = Callable[..., UwsgiServer]
 
@@ -43,3 +44,17 @@ def echo_server(
     yield server
     server.stop()
     assert server.crash_lines() == [], server.log()
+
+
+@pytest.fixture(scope="session")
+def pypy_build() -> PypyBuild:
+    """uWSGI's PyPy build (scripts/install-pypy-uwsgi.sh, which scripts/test.sh runs).
+
+    Without it the test is skipped, saying why; under CI it fails instead.
+    """
+    build, reason = find_pypy_build()
+    if build is None:
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return build

@@ -136,6 +136,16 @@ def test_bad_handshakes_get_http_errors(change: dict, status: int, text: bytes) 
         assert ("Sec-WebSocket-Version", "13") in response.headers
 
 
+def test_handshake_with_another_method_gets_405() -> None:
+    """Only GET opens a connection (websockets 17 checks it; on 15 we do)."""
+    server = ServerProtocol()
+    response = server.accept("POST", "/", handshake_headers())
+    assert response.status == 405
+    assert ("Allow", "GET") in response.headers
+    assert b"unsupported HTTP method: POST" in response.body
+    assert not server.open
+
+
 def test_origin_check() -> None:
     origins = ["http://good.example"]
     bad = ServerProtocol(origins=origins).accept(

@@ -25,7 +25,8 @@ import psutil
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from tests.uwsgi_server import REPO_ROOT, UWSGI, UwsgiServer, free_port, poll_until
+from flask_websocket.transport import PYPY_CONTINULETS_EVAL
+from tests.uwsgi_server import REPO_ROOT, UWSGI, PypyBuild, UwsgiServer, free_port, poll_until
 
 # Tests that start uWSGI carry the ``uwsgi`` mark; the dry runs only import the app.
 pytestmark = [pytest.mark.timeout(120)]
@@ -145,9 +146,8 @@ def served(tmp_path: Path) -> Iterator[Callable[[List[str], int], Served]]:
     [
         (("--async", "10"), "add --ugreen or --greenlet"),  # no suspend engine
         (("--asyncio", "10"), "add --greenlet"),
-        (("--async", "10", "--ugreen"), "use --async N --greenlet"),
     ],
-    ids=["async-without-suspend-engine", "asyncio-without-greenlet", "ugreen"],
+    ids=["async-without-suspend-engine", "asyncio-without-greenlet"],
 )
 def test_a_model_that_cannot_work_refuses_to_load_the_app(
     start_uwsgi: Callable[..., UwsgiServer], flags: Tuple[str, ...], hint: str
@@ -161,6 +161,32 @@ def test_a_model_that_cannot_work_refuses_to_load_the_app(
     assert "ConfigurationError" in log
     assert hint in log
     assert "no app loaded" in log  # --need-app made it give up
+
+
+@pytest.mark.uwsgi
+@pytest.mark.parametrize(
+    "flags",
+    [("--async", "10"), ("--async", "10", "--pypy-eval", "uwsgi_pypy_setup_continulets()")],
+    ids=["no-engine", "documented-setup-call"],
+)
+def test_pypy_async_without_continulets_names_the_workaround(
+    start_uwsgi: Callable[..., UwsgiServer], pypy_build: PypyBuild, flags: Tuple[str, ...]
+) -> None:
+    """Under PyPy, --async with no continulet engine is refused, naming --pypy-eval.
+
+    uWSGI 2.0.31's documented ``uwsgi_pypy_setup_continulets()`` installs no
+    engine on Python 3 (it raises), so it is refused too. The PyPy plugin has
+    no ``--need-app``: uWSGI keeps running, without the app.
+    """
+    # Ready as soon as the worker accepts: the master loaded the app (or failed) before.
+    server = start_uwsgi("examples.echo:app", gevent=None, extra=list(flags), pypy=pypy_build)
+    assert wait_for(lambda: "ConfigurationError" in server.log()), server.log()
+    log = server.log()
+    assert "PyPy plugin runs --async without its continulet engine" in log
+    assert f"--pypy-eval '{PYPY_CONTINULETS_EVAL}'" in log
+    if "uwsgi_pypy_setup_continulets()" in flags:
+        assert "in uwsgi_pypy_setup_continulets" in log  # uWSGI's own error, first
+        assert "PyPy Continulets engine loaded" not in log
 
 
 @pytest.mark.uwsgi

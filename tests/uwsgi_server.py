@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import psutil
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 UWSGI = str(Path(sys.executable).with_name("uwsgi"))
+#: Where scripts/install-pypy-uwsgi.sh builds uWSGI's PyPy plugin and the PyPy venv.
+PYPY_DIR = REPO_ROOT / ".pypy"
 
 #: Lines in a uWSGI log that mean a worker died abnormally.
 CRASH_MARKERS = (
@@ -49,11 +53,75 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class PypyBuild:
+    """uWSGI built with its PyPy plugin, and a PyPy venv with Flask and websockets.
+
+    What scripts/install-pypy-uwsgi.sh leaves in ``.pypy/``; it lists the
+    paths in ``.pypy/paths`` once everything works.
+    """
+
+    uwsgi: str
+    libpypy: str
+    home: str
+    site_packages: str
+    #: The working directory: the plugin compiles its cffi glue into
+    #: ``./__pycache__`` at the first start.
+    directory: Path
+
+    def load_flags(self, module: str) -> List[str]:
+        """Flags that load ``module`` (``package.module:app``) with PyPy."""
+        return [
+            "--pypy-lib",
+            self.libpypy,
+            "--pypy-home",
+            self.home,
+            # --pypy-pp appends to sys.path (no .pth files are read): the venv's
+            # site-packages, and this repository for flask_websocket and tests.
+            "--pypy-pp",
+            self.site_packages,
+            "--pypy-pp",
+            str(REPO_ROOT),
+            "--pypy-wsgi",
+            module,
+        ]
+
+
+def find_pypy_build(directory: Path = PYPY_DIR) -> Tuple[Optional[PypyBuild], str]:
+    """The PyPy build of uWSGI, or ``None`` and why it is unavailable."""
+    install = "scripts/install-pypy-uwsgi.sh installs it"
+    if shutil.which("pypy3") is None:
+        return None, f"pypy3 is not installed ({install}, with Debian's pypy3)"
+    paths_file = directory / "paths"
+    if not paths_file.is_file():
+        return None, f"uWSGI's PyPy build is missing: no {paths_file} ({install})"
+    values = dict(line.split("=", 1) for line in paths_file.read_text().splitlines() if "=" in line)
+    try:
+        build = PypyBuild(
+            uwsgi=values["uwsgi"],
+            libpypy=values["libpypy"],
+            home=values["home"],
+            site_packages=values["site_packages"],
+            directory=directory,
+        )
+    except KeyError as exc:
+        return None, f"{paths_file} has no {exc} ({install})"
+    for path in (build.uwsgi, build.libpypy, build.site_packages):
+        if not os.path.exists(path):
+            return None, f"uWSGI's PyPy build is incomplete: no {path} ({install})"
+    return build, ""
+
+
 class UwsgiServer:
     """One uWSGI master serving ``module`` on a free 127.0.0.1 port.
 
     ``mode`` is ``"http-socket"`` (workers speak HTTP) or ``"http"`` (uWSGI's
     HTTP router in front, with ``--http-websockets``).
+
+    With ``pypy``, the app runs on uWSGI's PyPy plugin instead: that build's
+    binary, ``--pypy-wsgi`` instead of ``--module``, and no ``--need-app``
+    (the plugin keeps its app to itself, so uWSGI would say "no app loaded"
+    and exit).
     """
 
     def __init__(
@@ -66,12 +134,21 @@ class UwsgiServer:
         extra: Sequence[str] = (),
         env: Optional[Dict[str, str]] = None,
         log_dir: Optional[Path] = None,
+        pypy: Optional[PypyBuild] = None,
     ) -> None:
         self.module = module
         self.mode = mode
+        self.pypy = pypy
         self.port = free_port()
         address = f"127.0.0.1:{self.port}"
-        command: List[str] = [UWSGI, "--master", "--need-app", "--die-on-term"]
+        if pypy is None:
+            command: List[str] = [UWSGI, "--master", "--need-app", "--die-on-term"]
+            load = ["--module", module]
+            self.cwd = REPO_ROOT
+        else:
+            command = [pypy.uwsgi, "--master", "--die-on-term"]
+            load = pypy.load_flags(module)
+            self.cwd = pypy.directory
         if mode == "http":
             command += ["--http", address, "--http-websockets", "--http-buffer-size", "65536"]
         elif mode == "http-socket":
@@ -80,7 +157,7 @@ class UwsgiServer:
             raise ValueError(f"unknown mode {mode!r}")
         if gevent:
             command += ["--gevent", str(gevent)]
-        command += ["--processes", str(processes), "--module", module, *extra]
+        command += ["--processes", str(processes), *load, *extra]
         self.command = command
         self.env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), **(env or {}))
         log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
@@ -102,7 +179,7 @@ class UwsgiServer:
         """Start uWSGI and wait until it accepts connections (or exits)."""
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                self.command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                self.command, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -123,7 +200,8 @@ class UwsgiServer:
     def _ready(self) -> bool:
         if len(self.worker_pids()) < self._expected_workers():
             return False
-        if "WSGI app 0" not in self.log() or "ready" not in self.log():
+        # (The PyPy plugin loads the app before the fork and says nothing.)
+        if self.pypy is None and ("WSGI app 0" not in self.log() or "ready" not in self.log()):
             return False
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):

@@ -1,5 +1,6 @@
-"""uWSGI's own async mode: ``--async N`` with the ``--ugreen`` or ``--greenlet``
-suspend engine.
+"""uWSGI's own async mode: ``--async N`` with the ``--greenlet`` suspend engine,
+or with the continulet engine of uWSGI's PyPy plugin (``--ugreen`` is refused
+at start, see ``docs/concurrency.rst``).
 
 Here uWSGI's event loop is C and keeps Python's GIL while it waits, so no
 Python thread can serve as the event loop, and there is no Python loop to
@@ -62,11 +63,12 @@ class _Itimerspec(ctypes.Structure):
 class _TimerFd:
     """A Linux timerfd: readable once armed time has passed."""
 
-    __slots__ = ("fd",)
+    __slots__ = ("armed", "fd")
 
     _libc: Any = None
 
     def __init__(self) -> None:
+        self.armed = False  # armed since the last clear(): it may have fired
         create = getattr(os, "timerfd_create", None)  # Python 3.13+
         if create is not None:
             self.fd = create(
@@ -97,6 +99,7 @@ class _TimerFd:
 
     def arm(self, seconds: float) -> None:
         """Fire after ``seconds`` (at once if ``<= 0``)."""
+        self.armed = True
         seconds = max(seconds, 1e-9)  # zero would disarm it
         if hasattr(os, "timerfd_settime"):
             os.timerfd_settime(self.fd, initial=seconds)
@@ -109,7 +112,11 @@ class _TimerFd:
             errno = ctypes.get_errno()
             raise OSError(errno, f"timerfd_settime: {os.strerror(errno)}")
 
-    def disarm_and_drain(self) -> None:
+    def clear(self) -> None:
+        """Disarm, and consume an expiry that made it readable (no-op if never armed)."""
+        if not self.armed:
+            return
+        self.armed = False
         if hasattr(os, "timerfd_settime"):
             os.timerfd_settime(self.fd, initial=0)
         else:
@@ -126,16 +133,22 @@ class _CoreWaiter:
     *closes* the other, which would close the client's socket.
     """
 
-    __slots__ = ("_watched", "epoll", "timer")
+    __slots__ = ("_events", "_watched", "epoll", "timer")
 
     def __init__(self) -> None:
         self.timer = _TimerFd()
         self.epoll = select.epoll()
         self.epoll.register(self.timer.fd, select.EPOLLIN)
         self._watched: Optional[int] = None  # the socket fd in the epoll, if any
+        self._events = 0
 
     def watch(self, fd: Optional[int], events: int) -> None:
-        """Watch ``fd`` for ``events`` (``0``: not at all) besides the timer."""
+        """Watch ``fd`` for ``events`` (``0``: not at all) besides the timer.
+
+        The kernel recomputes an epoll's readiness each time uWSGI polls it,
+        so nothing needs draining between suspensions; only changes cost a
+        system call.
+        """
         if self._watched is not None and (fd != self._watched or not events):
             with contextlib.suppress(OSError):
                 self.epoll.unregister(self._watched)
@@ -144,14 +157,10 @@ class _CoreWaiter:
             return
         if self._watched is None:
             self.epoll.register(fd, events)
-            self._watched = fd
-        else:
+            self._watched, self._events = fd, events
+        elif events != self._events:
             self.epoll.modify(fd, events)
-
-    def drain(self) -> None:
-        """Empty the epoll's ready list, so it does not stay readable for uWSGI."""
-        self.epoll.poll(0)
-        self.timer.disarm_and_drain()
+            self._events = events
 
 
 class _FdWatcher(Watcher):
@@ -355,7 +364,7 @@ class UwsgiAsyncBackend(Backend):
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     break
-                waiter.drain()
+                waiter.timer.clear()
                 wake_times = [t for t in (deadline, next_timer) if t is not None]
                 if wake_times:
                     waiter.timer.arm(min(wake_times) - now)
@@ -372,5 +381,5 @@ class UwsgiAsyncBackend(Backend):
             if own_fd is not None and self._sleepers.get(own_fd) is wakeup:
                 del self._sleepers[own_fd]
             waiter.watch(None, 0)  # never keep a socket uWSGI will close
-            waiter.drain()
+            waiter.timer.clear()
             self._free_waiters.append(waiter)
