@@ -18,12 +18,15 @@
 # a plain uwsgi wheel in pip's cache would otherwise be reused.
 #
 # The patches in scripts/patches/ are applied to the sdist first.
-# uwsgi-2.0.31-ugreen-python.patch makes uGreen usable on Python 3.11+: on
+# uwsgi-2.0.31-ugreen-python.patch makes uGreen usable on Python 3.11: on
 # stock 2.0.31 a core that suspends keeps the GIL (threads are always on since
-# 2.0.27), so the next request deadlocks the worker, and all cores share one
-# Python data stack. The patch releases the GIL and swaps the data stack in the
-# Python plugin's suspend/resume hooks, and sets uwsgi.ugreen_suspends_python,
-# which flask_websocket checks before it accepts --ugreen.
+# 2.0.27), so the next request deadlocks the worker; and all cores share one
+# thread state, so they trample each other's contextvars (Flask's request
+# context), handled-exception chain and (3.11+) Python data stack. The patch
+# releases the GIL and gives each core its own copy of that state in the
+# Python plugin's suspend/resume hooks, as greenlet does per greenlet, and sets
+# uwsgi.ugreen_suspends_python, which flask_websocket checks before it accepts
+# --ugreen. docs/ugreen.md has the root cause and the evidence.
 # Needs gcc, python3-dev and libssl-dev (scripts/bootstrap.sh installs them;
 # without libssl-dev uWSGI's WebSocket handshake support is missing).
 set -euo pipefail

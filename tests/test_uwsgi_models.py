@@ -58,6 +58,9 @@ MODELS = [
     Model("processes", (), processes=2, per_worker=1),
     Model("asyncio", ("--asyncio", "64", "--greenlet"), per_worker=64),
     Model("greenlet", ("--async", "64", "--greenlet"), per_worker=64),
+    # Needs the uWSGI scripts/install-uwsgi.sh builds with
+    # scripts/patches/uwsgi-2.0.31-ugreen-python.patch (stock 2.0.31 deadlocks).
+    Model("ugreen", ("--async", "64", "--ugreen"), per_worker=64),
     # uWSGI 2.0.31's documented uwsgi_pypy_setup_continulets() fails on Python
     # 3: --pypy-eval makes its two assignments instead (docs/pypy.rst).
     Model(
