@@ -169,6 +169,13 @@ class Server:
     # uWSGI flags of the concurrency model instead of ``--gevent <gevent>``
     # (models.py); `gevent` is then ignored.
     model_args: list | None = None
+    # Another uWSGI build (models.py's PyPy models): its binary instead of
+    # uwsgi_binary(), its working directory instead of REPO_ROOT, and a
+    # function of the port that returns the arguments after the binary
+    # instead of uwsgi_command(...); extra_args are still appended.
+    binary: str | None = None
+    cwd: str | None = None
+    argv_builder: Callable[[int], list[str]] | None = None
 
     @property
     def module(self) -> str:
@@ -184,15 +191,12 @@ class Server:
 
     def start(self) -> None:
         self.port = free_port()
-        uwsgi = uwsgi_binary()
-        self.argv = [
-            "taskset",
-            "-c",
-            str(SERVER_CORE),
-            uwsgi,
-            *uwsgi_command(self.module, self.port, self.mode, self.gevent, self.model_args),
-            *self.extra_args,
-        ]
+        uwsgi = self.binary or uwsgi_binary()
+        if self.argv_builder is not None:
+            args = self.argv_builder(self.port)
+        else:
+            args = uwsgi_command(self.module, self.port, self.mode, self.gevent, self.model_args)
+        self.argv = ["taskset", "-c", str(SERVER_CORE), uwsgi, *args, *self.extra_args]
         env = dict(os.environ)
         env.update(self.extra_env)
         env["PYTHONPATH"] = REPO_ROOT + (
@@ -203,7 +207,7 @@ class Server:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             self.argv,
-            cwd=REPO_ROOT,
+            cwd=self.cwd or REPO_ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,

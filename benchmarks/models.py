@@ -2,10 +2,19 @@
 """uWSGI concurrency models side by side: the flask-websocket echo app under each.
 
 The same app (``benchmarks/apps/flask_websocket_echo.py``) is served by uWSGI
-under every model in MODELS (gevent, threads, processes, greenlet, asyncio),
+under every model in MODELS (gevent, threads, processes, greenlet, asyncio on
+CPython; continulets, pypy-threads, pypy-processes on uWSGI's PyPy plugin),
 each run on a freshly started server pinned to core 1, the client on core 0.
 Every round runs the echo phase for all models (A, B, C, D, E), then the idle
 phase for all models, then the next round.
+
+The PyPy models run the PyPy build of uWSGI that scripts/install-pypy-uwsgi.sh
+leaves in ``.pypy/`` (see docs/pypy.rst): ``.pypy/uwsgi`` started in
+``.pypy/``, the app loaded with ``--pypy-wsgi`` (no ``--need-app``), paths
+from ``.pypy/paths``. Without that build they are skipped, saying why. PyPy's
+JIT needs warm-up: their echo runs warm up for --pypy-warmup seconds (default
+10) instead of --warmup, and their idle runs start with that many seconds of
+the echo client (not measured) before the idle measurement.
 
 * echo: C connections (default 50) of closed-loop ping-pong with 32 B text
   messages (the client of ``echo.py``): msg/s, p50/p99 round trip, and CPU
@@ -22,8 +31,9 @@ and that many idle connections.
 Usage::
 
     python benchmarks/models.py [--rounds 3] [--duration 5] [--connections 50]
-                                [--idle-connections 500]
-                                [--models gevent,threads,processes,greenlet,asyncio]
+                                [--idle-connections 500] [--pypy-warmup 10]
+                                [--models gevent,threads,processes,greenlet,asyncio,
+                                          continulets,pypy-threads,pypy-processes]
 
 Prints tables (ratios are to gevent) and writes
 ``benchmarks/results/models-<timestamp>.json``. Exit status is non-zero if a
@@ -33,7 +43,9 @@ server failed, a reply did not match, or a connection dropped.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -46,11 +58,18 @@ import echo
 import idle_memory
 import psutil
 
+from flask_websocket.transport import PYPY_CONTINULETS_EVAL
+
+MB = 2**20
+
 
 @dataclass(frozen=True)
 class Model:
     flags: tuple  # uWSGI flags; "{n}" = async cores / threads / worker processes
     one_per_worker: bool = False  # a worker process serves one connection at a time
+    pypy: bool = False  # runs on uWSGI's PyPy plugin (.pypy/, PypyBuild)
+    # memory check of one-worker-per-connection models: what one worker may need
+    worker_budget: int = 64 * MB
 
     def args(self, n: int) -> list[str]:
         return [f.format(n=n) for f in self.flags]
@@ -59,41 +78,154 @@ class Model:
 MODELS = {
     "gevent": Model(("--gevent", "{n}")),
     "threads": Model(("--threads", "{n}")),
-    "processes": Model(("--processes", "{n}", "--enable-threads"), one_per_worker=True),
+    "processes": Model(("--processes", "{n}"), one_per_worker=True),
     "greenlet": Model(("--async", "{n}", "--greenlet")),
+    # uGreen needs the uWSGI scripts/install-uwsgi.sh builds (with
+    # scripts/patches/uwsgi-2.0.31-ugreen-python.patch; a stock one is refused).
+    "ugreen": Model(("--async", "{n}", "--ugreen")),
     "asyncio": Model(("--asyncio", "{n}", "--greenlet")),
-    # flask_websocket refuses uGreen at start-up for now; once it serves it, add:
-    # "ugreen": Model(("--async", "{n}", "--ugreen")),
+    # PyPy (docs/pypy.rst): uWSGI's documented uwsgi_pypy_setup_continulets()
+    # fails on Python 3, so --pypy-eval installs the continulet engine; the
+    # plugin turns threads on itself (no --enable-threads).
+    "continulets": Model(("--async", "{n}", "--pypy-eval", PYPY_CONTINULETS_EVAL), pypy=True),
+    "pypy-threads": Model(("--threads", "{n}"), pypy=True),
+    "pypy-processes": Model(
+        ("--processes", "{n}"), one_per_worker=True, pypy=True, worker_budget=128 * MB
+    ),
 }
+# The default --models: pypy-processes (a PyPy worker, with a JIT of its own
+# to warm up, per connection) only when asked for.
+DEFAULT_MODELS = [m for m in MODELS if m != "pypy-processes"]
 BASELINE = "gevent"  # ratios are to this model
 APP_MODULE, APP_PATH = bl.SERVERS["flask-websocket"]
 CORE_MARGIN = 16  # cores/threads beyond the connection count (not for processes)
 # Memory check for one-worker-per-connection models: assume each worker may
-# need this much of its own (a started worker here: ~26 MB RSS, mostly shared
-# with the master) and use at most MEMORY_SHARE of the available memory.
-WORKER_BUDGET = 64 * 2**20
+# need Model.worker_budget of its own (a started CPython worker here: ~26 MB
+# RSS, mostly shared with the master) and use at most MEMORY_SHARE of the
+# available memory.
 MEMORY_SHARE = 0.5
 MAX_WORKERS = 500
 # idle phase limits (seconds)
 OPEN_TIMEOUT = 120.0
 CLOSE_TIMEOUT = 60.0
 SETTLE_TIMEOUT = 30.0
-MB = 2**20
+PYPY_DIR = os.path.join(bl.REPO_ROOT, ".pypy")
+PYPY_INSTALL = "run scripts/install-pypy-uwsgi.sh first"
 
 
-def worker_plan(wanted: int) -> tuple[int, str]:
-    """Worker processes for `wanted` connections, capped by memory; and a note saying so."""
+@dataclass(frozen=True)
+class PypyBuild:
+    """uWSGI with its PyPy plugin and a PyPy venv, from scripts/install-pypy-uwsgi.sh.
+
+    As tests/uwsgi_server.py's PypyBuild: ``.pypy/paths`` lists the binary,
+    libpypy, PyPy's home and the venv's site-packages once the build works.
+    """
+
+    uwsgi: str
+    libpypy: str
+    home: str
+    site_packages: str
+
+    def argv(self, model_args: list[str], port: int) -> list[str]:
+        """uWSGI arguments after the binary (benchlib.Server.argv_builder).
+
+        As benchlib.uwsgi_command's http-socket mode, but --pypy-wsgi instead
+        of --module and no --need-app: the plugin keeps its app to itself, so
+        uWSGI would say "no app loaded" and exit. --pypy-pp appends to
+        sys.path (no .pth files are read): site-packages, then this
+        repository for flask_websocket and the app.
+        """
+        return [
+            "--master",
+            "--die-on-term",
+            *model_args,
+            "--http-socket",
+            f"{bl.HOST}:{port}",
+            "--pypy-lib",
+            self.libpypy,
+            "--pypy-home",
+            self.home,
+            "--pypy-pp",
+            self.site_packages,
+            "--pypy-pp",
+            bl.REPO_ROOT,
+            "--pypy-wsgi",
+            APP_MODULE,
+            "--disable-logging",
+        ]
+
+
+def find_pypy_build() -> tuple[PypyBuild | None, str]:
+    """The PyPy build of uWSGI in .pypy/, or None and why it is unavailable."""
+    paths_file = os.path.join(PYPY_DIR, "paths")
+    if not os.path.isfile(paths_file):
+        return None, f"no {bl.relpath(paths_file)}: uWSGI's PyPy build is missing"
+    with open(paths_file) as f:
+        values = dict(ln.strip().split("=", 1) for ln in f if "=" in ln)
+    try:
+        build = PypyBuild(
+            uwsgi=values["uwsgi"],
+            libpypy=values["libpypy"],
+            home=values["home"],
+            site_packages=values["site_packages"],
+        )
+    except KeyError as exc:
+        return None, f"{bl.relpath(paths_file)} has no {exc}"
+    for path in (build.uwsgi, build.libpypy, build.site_packages):
+        if not os.path.exists(path):
+            return None, f"uWSGI's PyPy build is incomplete: no {path}"
+    return build, ""
+
+
+def pypy_info(build: PypyBuild) -> dict:
+    """Versions of the PyPy build (for the JSON); None where a probe failed."""
+
+    def probe(argv: list[str]) -> str | None:
+        try:
+            out = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if out.returncode != 0:
+            return None
+        return " ".join(out.stdout.split()) or None
+
+    venv_python = os.path.join(PYPY_DIR, "venv", "bin", "python")
+    return {
+        "uwsgi": probe([build.uwsgi, "--version"]),
+        "libpypy": os.path.basename(build.libpypy),
+        "pypy": probe([venv_python, "-c", "import sys; print(sys.version)"]),
+        "packages": probe(
+            [
+                venv_python,
+                "-c",
+                "import flask, websockets; from importlib.metadata import version; "
+                "print('flask', version('flask'), 'websockets', websockets.__version__)",
+            ]
+        ),
+    }
+
+
+def worker_plan(wanted: int, budget: int, label: str = "processes") -> tuple[int, str]:
+    """Worker processes for `wanted` connections, capped by memory; and a note saying so.
+
+    `budget`: bytes one worker may need; `label`: the models, for the note.
+    """
     avail = psutil.virtual_memory().available
-    by_memory = max(1, int(avail * MEMORY_SHARE // WORKER_BUDGET))
+    by_memory = max(1, int(avail * MEMORY_SHARE // budget))
     n = min(wanted, by_memory, MAX_WORKERS)
     check = (
-        f"{n} x {WORKER_BUDGET // MB} MiB budget vs {MEMORY_SHARE:.0%} of "
+        f"{n} x {budget // MB} MiB budget vs {MEMORY_SHARE:.0%} of "
         f"{avail / 2**30:.1f} GiB available"
     )
     if n < wanted:
         why = f"not enough memory ({check})" if n == by_memory else f"at most {MAX_WORKERS}"
-        return n, f"processes: only {n} workers / connections instead of {wanted}: {why}"
-    return n, f"processes: {n} workers for {n} connections (memory check: {check}: ok)"
+        return n, f"{label}: only {n} workers / connections instead of {wanted}: {why}"
+    return n, f"{label}: {n} workers for {n} connections (memory check: {check}: ok)"
+
+
+def warmup_of(name: str, args) -> float:
+    """Echo warm-up seconds of `name`: PyPy models get --pypy-warmup (JIT)."""
+    return args.pypy_warmup if MODELS[name].pypy else args.warmup
 
 
 def sizes(name: str, phase: str, args) -> tuple[int, int]:
@@ -104,7 +236,27 @@ def sizes(name: str, phase: str, args) -> tuple[int, int]:
     return conns, conns + CORE_MARGIN
 
 
-async def measure_idle(server: bl.Server, conns: int, args) -> dict:
+async def measure_idle(server: bl.Server, conns: int, args, jit_warmup: float = 0.0) -> dict:
+    """idle_memory.measure(); after `jit_warmup` s of unmeasured echo if > 0 (PyPy)."""
+    warm = None
+    if jit_warmup > 0:
+        ns = SimpleNamespace(
+            connections=min(args.connections, conns),
+            size=args.size,
+            warmup=jit_warmup,
+            duration=0.5,
+        )
+        r = await echo.run_client(server, ns)
+        problems = [
+            f"{r[k]} {k.replace('_', ' ')}"
+            for k in ("mismatches", "unexpected_disconnects", "server_closes", "stuck_in_flight")
+            if r.get(k)
+        ]
+        if problems:
+            raise bl.ServerError(f"{server.name}: JIT warm-up echo: " + ", ".join(problems))
+        warm = {"seconds": jit_warmup, "connections": ns.connections}
+        warm["msgs_per_s_at_end"] = r["msgs_per_s"]
+        await asyncio.sleep(0.5)
     ns = SimpleNamespace(
         connections=conns,
         batch=args.batch,
@@ -113,7 +265,10 @@ async def measure_idle(server: bl.Server, conns: int, args) -> dict:
         close_timeout=CLOSE_TIMEOUT,
         settle_timeout=SETTLE_TIMEOUT,
     )
-    return await idle_memory.measure(server, ns)
+    out = await idle_memory.measure(server, ns)
+    if warm:
+        out["jit_warmup"] = warm
+    return out
 
 
 def run_one(phase: str, name: str, rnd: int, args, stamp: str, attempt: int = 1) -> dict:
@@ -121,6 +276,14 @@ def run_one(phase: str, name: str, rnd: int, args, stamp: str, attempt: int = 1)
     conns, n = sizes(name, phase, args)
     suffix = f"-a{attempt}" if attempt > 1 else ""
     log = os.path.join(bl.RESULTS_DIR, "logs", f"models-{stamp}-{phase}-{name}-r{rnd}{suffix}.log")
+    pypy: dict = {}
+    if model.pypy:
+        build = args.pypy_build
+        pypy = {
+            "binary": build.uwsgi,
+            "cwd": PYPY_DIR,  # the plugin compiles its cffi glue into ./__pycache__
+            "argv_builder": lambda port: build.argv(model.args(n), port),
+        }
     server = bl.Server(
         name=name,
         mode="http-socket",
@@ -130,13 +293,17 @@ def run_one(phase: str, name: str, rnd: int, args, stamp: str, attempt: int = 1)
         ws_path=APP_PATH,
         model_args=model.args(n),
         expect_workers=n if model.one_per_worker else 1,
+        **pypy,
     )
+    warmup = warmup_of(name, args)
     rec: dict = {
         "phase": phase,
         "model": name,
+        "interpreter": "pypy" if model.pypy else "cpython",
         "round": rnd,
         "connections": conns,
         "cores": n,
+        "warmup_s": warmup if phase == "echo" or model.pypy else 0.0,
         "log": bl.relpath(log),
     }
     try:
@@ -151,11 +318,12 @@ def run_one(phase: str, name: str, rnd: int, args, stamp: str, attempt: int = 1)
                 )
             if phase == "echo":
                 ns = SimpleNamespace(
-                    connections=conns, size=args.size, warmup=args.warmup, duration=args.duration
+                    connections=conns, size=args.size, warmup=warmup, duration=args.duration
                 )
                 rec.update(bl.run_uvloop(lambda: echo.run_client(server, ns)))
             else:
-                rec.update(bl.run_uvloop(lambda: measure_idle(server, conns, args)))
+                jit = warmup if model.pypy else 0.0
+                rec.update(bl.run_uvloop(lambda: measure_idle(server, conns, args, jit)))
                 problems = idle_memory.measure_problems(rec, conns)
                 if problems:
                     raise bl.ServerError(f"{name}: " + "; ".join(problems))
@@ -267,7 +435,16 @@ def print_report(runs: list[dict], summary: dict, models: list[str], args) -> No
         f"core {bl.SERVER_CORE}, client on core {bl.CLIENT_CORE}; cores/threads = connections "
         f"+ {CORE_MARGIN}"
     )
-    print(args.workers_note)
+    if any(MODELS[m].one_per_worker for m in models):
+        print(args.workers_note)
+    pypy_models = [m for m in models if MODELS[m].pypy]
+    if pypy_models:
+        print(
+            f"PyPy models ({', '.join(pypy_models)}) run on uWSGI's PyPy plugin "
+            f"({bl.relpath(args.pypy_build.uwsgi)}); longer warm-up for the JIT: echo "
+            f"{args.duration:g} s after {args.pypy_warmup:g} s (not {args.warmup:g} s), and "
+            f"{args.pypy_warmup:g} s of unmeasured echo before each idle measurement"
+        )
     print()
     print("Echo, per run:")
     rows = []
@@ -419,13 +596,23 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--models",
-        default=",".join(MODELS),
-        help=f"comma-separated subset of: {', '.join(MODELS)} (default: all)",
+        default=",".join(DEFAULT_MODELS),
+        help=f"comma-separated subset of: {', '.join(MODELS)} (default: all but "
+        + ", ".join(m for m in MODELS if m not in DEFAULT_MODELS)
+        + "; the PyPy models are skipped, saying why, without .pypy/ from "
+        "scripts/install-pypy-uwsgi.sh)",
     )
     for flag, kind, default, what in (
         ("--rounds", int, 3, "interleaved rounds"),
         ("--duration", float, 5.0, "echo: measured seconds per run"),
         ("--warmup", float, 1.0, "echo: warm-up seconds before measuring"),
+        (
+            "--pypy-warmup",
+            float,
+            10.0,
+            "PyPy models (JIT): echo warm-up seconds instead of --warmup, and seconds of "
+            "unmeasured echo before the idle measurement",
+        ),
         ("--connections", int, 50, "echo: connections; also the worker count of processes"),
         ("--size", int, 32, "echo: text message size in bytes"),
         ("--idle-connections", int, 500, "idle: connections (processes: one per worker)"),
@@ -443,6 +630,8 @@ def main(argv=None) -> int:
         ap.error("--rounds must be 1..20")
     if not (0.5 <= args.duration <= 600) or not (0 <= args.warmup <= 60):
         ap.error("--duration must be 0.5..600 s, --warmup 0..60 s")
+    if not (0 <= args.pypy_warmup <= 120):
+        ap.error("--pypy-warmup must be 0..120 s")
     if not (1 <= args.connections <= 1000) or not (1 <= args.idle_connections <= 10000):
         ap.error("--connections must be 1..1000, --idle-connections 1..10000")
     if not (1 <= args.size <= 1 << 20) or not (1 <= args.batch <= 90):
@@ -450,15 +639,41 @@ def main(argv=None) -> int:
     if not (0 <= args.retry_noisy <= 5) or not (0 <= args.quiet_wait <= 600):
         ap.error("--retry-noisy must be 0..5, --quiet-wait 0..600 s")
 
-    args.workers, args.workers_note = worker_plan(args.connections)
+    skipped: dict = {}
+    args.pypy_build = None
+    if any(MODELS[m].pypy for m in models):
+        args.pypy_build, why = find_pypy_build()
+        if args.pypy_build is None:
+            skipped = {m: f"{why}; {PYPY_INSTALL}" for m in models if MODELS[m].pypy}
+            print(f"skipping {', '.join(skipped)}: {why} ({PYPY_INSTALL})")
+            models = [m for m in models if m not in skipped]
+            if not models:
+                sys.exit("no models left to run")
+    # one worker count for all one-worker-per-connection models, within the
+    # largest of their memory budgets
+    per_worker = [m for m in models if MODELS[m].one_per_worker] or ["processes"]
+    args.workers, args.workers_note = worker_plan(
+        args.connections,
+        max(MODELS[m].worker_budget for m in per_worker),
+        ", ".join(per_worker),
+    )
     if any(MODELS[m].one_per_worker for m in models):
         print(args.workers_note)
+    pypy_models = [m for m in models if MODELS[m].pypy]
+    if pypy_models:
+        print(
+            f"PyPy models ({', '.join(pypy_models)}): {bl.relpath(args.pypy_build.uwsgi)}; "
+            f"JIT warm-up: {args.pypy_warmup:g} s of echo before each measurement (echo and "
+            f"idle), instead of {args.warmup:g} s"
+        )
     bl.pin_self_to_client_core()
     soft, _ = bl.raise_fd_limit(max(args.connections, args.idle_connections) + 512)
     if soft < max(args.connections, args.idle_connections) + 64:
         sys.exit(f"file descriptor limit {soft} too low")
     stamp = bl.timestamp()
     env = bl.environment_info()
+    if pypy_models:
+        env["pypy_build"] = pypy_info(args.pypy_build)
     runs: list = []
     discarded: list = []
     t0 = time.monotonic()
@@ -484,10 +699,12 @@ def main(argv=None) -> int:
     data = {
         "benchmark": "models",
         "models": {m: list(MODELS[m].flags) for m in models},
+        "pypy_models": pypy_models,
+        "skipped_models": skipped,
         "core_margin": CORE_MARGIN,
         "baseline": BASELINE,
         "elapsed_s": time.monotonic() - t0,
-        "args": vars(args),
+        "args": {k: v for k, v in vars(args).items() if k != "pypy_build"},
         "environment": {**env, "loadavg_end": list(os.getloadavg())},
         "summary": summary,
         "runs": runs,
