@@ -16,51 +16,44 @@ from typing import Any, Callable, ContextManager, Optional
 
 import greenlet
 
-from .base import Backend, Event, Queue, Timer, Wakeup, WakeupEvent, WakeupQueue, Watcher
+from .base import (
+    Backend,
+    Event,
+    Queue,
+    Timer,
+    ToggleWatcher,
+    Wakeup,
+    WakeupEvent,
+    WakeupQueue,
+    Watcher,
+)
 
 __all__ = ["AsyncioBackend"]
 
 _TIMED_OUT = object()
 
 
-class _LoopWatcher(Watcher):
-    __slots__ = ("_active", "_callback", "_closed", "_fd", "_loop", "_write")
+class _LoopWatcher(ToggleWatcher):
+    __slots__ = ("_callback", "_fd", "_loop", "_write")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, fd: int, write: bool, callback: Callable[[], None]
     ) -> None:
+        super().__init__()
         self._loop = loop
         self._fd = fd
         self._write = write
         self._callback = callback
-        self._active = False
-        self._closed = False
 
-    def start(self) -> None:
-        if self._active or self._closed:
-            return
-        if self._write:
+    def _toggle(self, active: bool) -> None:
+        if active and self._write:
             self._loop.add_writer(self._fd, self._callback)
-        else:
+        elif active:
             self._loop.add_reader(self._fd, self._callback)
-        self._active = True
-
-    def stop(self) -> None:
-        if not self._active:
-            return
-        if self._write:
+        elif self._write:
             self._loop.remove_writer(self._fd)
         else:
             self._loop.remove_reader(self._fd)
-        self._active = False
-
-    def close(self) -> None:
-        self.stop()
-        self._closed = True
-
-    @property
-    def active(self) -> bool:
-        return self._active
 
 
 class _LoopTimer(Timer):

@@ -20,7 +20,17 @@ import time
 from collections import deque
 from typing import Any, Callable, ContextManager, Deque, List, Optional
 
-__all__ = ["Backend", "Event", "Queue", "Timer", "Wakeup", "WakeupEvent", "WakeupQueue", "Watcher"]
+__all__ = [
+    "Backend",
+    "Event",
+    "Queue",
+    "Timer",
+    "ToggleWatcher",
+    "Wakeup",
+    "WakeupEvent",
+    "WakeupQueue",
+    "Watcher",
+]
 
 
 class Watcher(abc.ABC):
@@ -42,6 +52,41 @@ class Watcher(abc.ABC):
     @abc.abstractmethod
     def active(self) -> bool:
         """True while the watcher is started."""
+
+
+class ToggleWatcher(Watcher):
+    """A :class:`Watcher` that keeps its own started/closed state.
+
+    Subclasses say only how to begin and end watching: :meth:`_toggle`.
+    """
+
+    __slots__ = ("_active", "_closed")
+
+    def __init__(self) -> None:
+        self._active = False
+        self._closed = False
+
+    @abc.abstractmethod
+    def _toggle(self, active: bool) -> None:
+        """Begin (``True``) or end (``False``) watching."""
+
+    def start(self) -> None:
+        if not self._active and not self._closed:
+            self._toggle(True)
+            self._active = True
+
+    def stop(self) -> None:
+        if self._active:
+            self._toggle(False)
+            self._active = False
+
+    def close(self) -> None:
+        self.stop()
+        self._closed = True
+
+    @property
+    def active(self) -> bool:
+        return self._active
 
 
 class Timer(abc.ABC):

@@ -24,66 +24,19 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import heapq
-import itertools
 import logging
 import os
 import selectors
 import threading
 import time
-from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple
+from typing import Any, Callable, ContextManager, Optional
 
 from .base import Backend, Event, Queue, Timer, Wakeup, WakeupEvent, WakeupQueue, Watcher
+from .polling import READ, FdWatchers, TimerHeap
 
 __all__ = ["LoopBackend", "LoopThread"]
 
 logger = logging.getLogger("flask_websocket")
-
-_READ = selectors.EVENT_READ
-_WRITE = selectors.EVENT_WRITE
-
-
-class _FdWatcher(Watcher):
-    __slots__ = ("_active", "_closed", "_events", "_fd", "_loop", "callback")
-
-    def __init__(
-        self, loop: LoopThread, fd: int, events: int, callback: Callable[[], None]
-    ) -> None:
-        self._loop = loop
-        self._fd = fd
-        self._events = events
-        self._active = False
-        self._closed = False
-        self.callback = callback
-
-    def start(self) -> None:
-        if not self._active and not self._closed:
-            self._active = True
-            self._loop._watcher_changed(self._fd, self)
-
-    def stop(self) -> None:
-        if self._active:
-            self._active = False
-            self._loop._watcher_changed(self._fd, self)
-
-    def close(self) -> None:
-        self.stop()
-        self._closed = True
-
-    @property
-    def active(self) -> bool:
-        return self._active
-
-
-class _LoopTimer(Timer):
-    __slots__ = ("callback", "cancelled")
-
-    def __init__(self, callback: Callable[[], None]) -> None:
-        self.callback = callback
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
 
 
 class LoopThread:
@@ -97,14 +50,13 @@ class LoopThread:
         #: The lock every connection call and every callback holds.
         self.guard = guard
         self._selector = selectors.DefaultSelector()
-        # fd -> [reader, writer]: one selector registration per fd.
-        self._watchers: Dict[int, List[Optional[_FdWatcher]]] = {}
-        self._timers: List[Tuple[float, int, _LoopTimer]] = []
-        self._sequence = itertools.count()
+        # One selector registration per fd, for its reader and writer.
+        self.watchers = FdWatchers(self._watched_events_changed)
+        self._timers = TimerHeap()
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
-        self._selector.register(self._wake_read, _READ)
+        self._selector.register(self._wake_read, READ)
         self._deadline = float("inf")  # when the loop's current select ends
         self.thread = threading.Thread(target=self._run, name="flask-websocket-loop", daemon=True)
         self.thread.start()
@@ -112,17 +64,12 @@ class LoopThread:
     # ------------------------------------------------------------------
     # Called with the guard held, from any thread
 
-    def _watcher_changed(self, fd: int, watcher: _FdWatcher) -> None:
-        slots = self._watchers.get(fd)
-        if slots is None:
-            slots = self._watchers[fd] = [None, None]
-        slots[0 if watcher._events == _READ else 1] = watcher if watcher._active else None
-        events = (_READ if slots[0] is not None else 0) | (_WRITE if slots[1] is not None else 0)
-        # epoll takes registrations made while another thread waits in it,
-        # so the loop needs no wake-up for these.
+    def _watched_events_changed(self, fd: int, events: int) -> None:
+        # READ and WRITE are the selectors module's bits. epoll takes
+        # registrations made while another thread waits in it, so the loop
+        # needs no wake-up for these.
         try:
             if not events:
-                del self._watchers[fd]
                 self._selector.unregister(fd)
             else:
                 try:
@@ -133,12 +80,10 @@ class LoopThread:
             if events:
                 raise
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> _LoopTimer:
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         """Run ``callback`` in the loop thread after ``delay`` seconds."""
-        timer = _LoopTimer(callback)
-        when = time.monotonic() + max(delay, 0.0)
-        heapq.heappush(self._timers, (when, next(self._sequence), timer))
-        if when < self._deadline and threading.current_thread() is not self.thread:
+        timer = self._timers.add(delay, callback)
+        if timer.when < self._deadline and threading.current_thread() is not self.thread:
             self.wake()
         return timer
 
@@ -155,38 +100,17 @@ class LoopThread:
         guard = self.guard
         while True:
             with guard:
-                timeout = self._run_timers()
-                self._deadline = time.monotonic() + timeout if timeout is not None else float("inf")
+                next_timer = self._timers.run_due(self._call)
+                self._deadline = float("inf") if next_timer is None else next_timer
+                timeout = None if next_timer is None else max(next_timer - time.monotonic(), 0.0)
             ready = selector.select(timeout)
             with guard:
                 self._deadline = 0.0  # running: a new timer is seen before the next wait
                 for key, events in ready:
                     if key.fd == self._wake_read:
                         self._drain_wake()
-                        continue
-                    slots = self._watchers.get(key.fd)
-                    if slots is None:
-                        continue
-                    reader, writer = slots
-                    if events & _READ and reader is not None and reader._active:
-                        self._call(reader.callback)
-                    if events & _WRITE and writer is not None and writer._active:
-                        self._call(writer.callback)
-
-    def _run_timers(self) -> Optional[float]:
-        """Run the timers that are due; seconds until the next one (``None``: none)."""
-        timers = self._timers
-        while timers:
-            when, _, timer = timers[0]
-            if timer.cancelled:
-                heapq.heappop(timers)
-                continue
-            delay = when - time.monotonic()
-            if delay > 0:
-                return delay
-            heapq.heappop(timers)
-            self._call(timer.callback)
-        return None
+                    else:
+                        self.watchers.dispatch(key.fd, events, self._call)
 
     def _drain_wake(self) -> None:
         try:
@@ -229,10 +153,10 @@ class LoopBackend(Backend):
         return loop
 
     def watch_readable(self, fd: int, callback: Callable[[], None]) -> Watcher:
-        return _FdWatcher(self.loop, fd, _READ, callback)
+        return self.loop.watchers.watch(fd, False, callback)
 
     def watch_writable(self, fd: int, callback: Callable[[], None]) -> Watcher:
-        return _FdWatcher(self.loop, fd, _WRITE, callback)
+        return self.loop.watchers.watch(fd, True, callback)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         with self.guard:

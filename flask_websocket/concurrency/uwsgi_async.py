@@ -31,17 +31,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import heapq
-import itertools
 import logging
 import os
 import select
 import time
-from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple
+from typing import Any, Callable, ContextManager, Dict, List, Optional
 
 from .. import transport
 from ..exceptions import ConfigurationError
 from .base import Backend, Event, Queue, Timer, Wakeup, WakeupEvent, WakeupQueue, Watcher
+from .polling import READ, WRITE, FdWatchers, TimerHeap
 
 __all__ = ["UwsgiAsyncBackend"]
 
@@ -163,49 +162,6 @@ class _CoreWaiter:
             self._events = events
 
 
-class _FdWatcher(Watcher):
-    __slots__ = ("_active", "_backend", "_closed", "_fd", "_write", "callback")
-
-    def __init__(
-        self, backend: UwsgiAsyncBackend, fd: int, write: bool, callback: Callable[[], None]
-    ) -> None:
-        self._backend = backend
-        self._fd = fd
-        self._write = write
-        self._active = False
-        self._closed = False
-        self.callback = callback
-
-    def start(self) -> None:
-        if not self._active and not self._closed:
-            self._active = True
-            self._backend._interest_changed(self._fd, self)
-
-    def stop(self) -> None:
-        if self._active:
-            self._active = False
-            self._backend._interest_changed(self._fd, self)
-
-    def close(self) -> None:
-        self.stop()
-        self._closed = True
-
-    @property
-    def active(self) -> bool:
-        return self._active
-
-
-class _CoreTimer(Timer):
-    __slots__ = ("callback", "cancelled")
-
-    def __init__(self, callback: Callable[[], None]) -> None:
-        self.callback = callback
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
 class CoreWakeup(Wakeup):
     """One async core sleeps, suspended in uWSGI, until notified."""
 
@@ -242,12 +198,10 @@ class UwsgiAsyncBackend(Backend):
 
     def __init__(self, name: str) -> None:
         self.name = name
-        # fd -> [reader, writer]
-        self._watchers: Dict[int, List[Optional[_FdWatcher]]] = {}
+        self._watchers = FdWatchers(self._watched_events_changed)
         # fd -> the wakeup of the core sleeping on that fd
         self._sleepers: Dict[int, CoreWakeup] = {}
-        self._timers: List[Tuple[float, int, _CoreTimer]] = []
-        self._sequence = itertools.count()
+        self._timers = TimerHeap()
         self._free_waiters: List[_CoreWaiter] = []
         self._pid = os.getpid()
         self._in_callback = False
@@ -263,15 +217,13 @@ class UwsgiAsyncBackend(Backend):
     # Backend
 
     def watch_readable(self, fd: int, callback: Callable[[], None]) -> Watcher:
-        return _FdWatcher(self, fd, False, callback)
+        return self._watchers.watch(fd, False, callback)
 
     def watch_writable(self, fd: int, callback: Callable[[], None]) -> Watcher:
-        return _FdWatcher(self, fd, True, callback)
+        return self._watchers.watch(fd, True, callback)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        timer = _CoreTimer(callback)
-        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._sequence), timer))
-        return timer
+        return self._timers.add(delay, callback)
 
     def wakeup(self) -> Wakeup:
         return CoreWakeup(self)
@@ -300,38 +252,10 @@ class UwsgiAsyncBackend(Backend):
     # ------------------------------------------------------------------
     # The loop, run by whichever core waits
 
-    def _interest_changed(self, fd: int, watcher: _FdWatcher) -> None:
-        slots = self._watchers.get(fd)
-        if slots is None:
-            slots = self._watchers[fd] = [None, None]
-        slots[1 if watcher._write else 0] = watcher if watcher._active else None
-        if slots[0] is None and slots[1] is None:
-            del self._watchers[fd]
+    def _watched_events_changed(self, fd: int, events: int) -> None:
         sleeper = self._sleepers.get(fd)
         if sleeper is not None and sleeper._waiter is not None:
             sleeper._waiter.timer.arm(0)  # let it wait for the new events
-
-    def _run_callbacks(self, fd: int) -> None:
-        slots = self._watchers.get(fd)
-        if slots is None:
-            return
-        for watcher in tuple(slots):
-            if watcher is not None and watcher._active:
-                self._call(watcher.callback)
-
-    def _run_timers(self) -> Optional[float]:
-        """Run the timers that are due; when the next one is (``None``: none)."""
-        timers = self._timers
-        while timers:
-            when, _, timer = timers[0]
-            if timer.cancelled:
-                heapq.heappop(timers)
-                continue
-            if when > time.monotonic():
-                return when
-            heapq.heappop(timers)
-            self._call(timer.callback)
-        return None
 
     def _call(self, callback: Callable[[], None]) -> None:
         self._in_callback = True
@@ -356,9 +280,9 @@ class UwsgiAsyncBackend(Backend):
             self._sleepers[own_fd] = wakeup
         try:
             while not wakeup._notified:
-                next_timer = self._run_timers()
-                if own_fd is not None:
-                    self._run_callbacks(own_fd)  # what arrived while we were busy
+                next_timer = self._timers.run_due(self._call)
+                if own_fd is not None:  # what arrived while we were busy
+                    self._watchers.dispatch(own_fd, READ | WRITE, self._call)
                 if wakeup._notified:
                     break
                 now = time.monotonic()
@@ -369,10 +293,10 @@ class UwsgiAsyncBackend(Backend):
                 if wake_times:
                     waiter.timer.arm(min(wake_times) - now)
                 events = 0
-                slots = self._watchers.get(own_fd) if own_fd is not None else None
-                if slots is not None:
-                    events = (select.EPOLLIN if slots[0] is not None else 0) | (
-                        select.EPOLLOUT if slots[1] is not None else 0
+                if own_fd is not None:
+                    wanted = self._watchers.events(own_fd)
+                    events = (select.EPOLLIN if wanted & READ else 0) | (
+                        select.EPOLLOUT if wanted & WRITE else 0
                     )
                 waiter.watch(own_fd, events)
                 transport.suspend_until_readable(waiter.epoll.fileno())
