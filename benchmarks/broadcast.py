@@ -1609,21 +1609,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--open-timeout", type=float, default=300.0, help="limit for opening (s)")
     ap.add_argument("--close-timeout", type=float, default=60.0, help="limit for closing (s)")
-    ap.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=30.0,
-        help="before each run wait up to this long for the machine to go quiet; 0 skips (30)",
-    )
-    ap.add_argument(
-        "--max-other-cpu",
-        type=float,
-        default=0.25,
-        help="a run during which other work used more cores than this is noisy (0.25)",
-    )
-    ap.add_argument(
-        "--retry-noisy", type=int, default=1, help="re-run a noisy run up to N times (1)"
-    )
+    bl.add_quiet_args(ap, retry_noisy=1)
     args = ap.parse_args(argv)
 
     names = []
@@ -1701,26 +1687,12 @@ def main(argv=None) -> int:
     for rnd in range(1, args.rounds + 1):
         for name in servers:
             print(f"round {rnd}/{args.rounds}: {label(name)} ...", end=" ", flush=True)
-            attempts = []
-            for attempt in range(1, args.retry_noisy + 2):
-                waited = None
-                if args.quiet_wait > 0:
-                    waited, _ = bl.wait_for_quiet(args.quiet_wait)
-                rec = run_one(name, rnd, args, stamp, attempt)
-                rec["attempt"] = attempt
-                rec["quiet_wait_s"] = waited
-                attempts.append(rec)
-                if "error" in rec or noise_of(rec) <= args.max_other_cpu:
-                    break
-                print(
-                    f"noisy ({noise_of(rec):.0%} of a core used by other work), retrying ...",
-                    end=" ",
-                    flush=True,
-                )
-            ok = [a for a in attempts if "error" not in a]
-            rec = min(ok, key=noise_of) if ok else attempts[-1]
-            rec["noisy"] = "error" not in rec and noise_of(rec) > args.max_other_cpu
-            discarded.extend(a for a in attempts if a is not rec)
+            rec, dropped = bl.run_quietest(
+                lambda attempt, name=name, rnd=rnd: run_one(name, rnd, args, stamp, attempt),
+                args,
+                noise_of,
+            )
+            discarded.extend(dropped)
             runs.append(rec)
             if "error" in rec:
                 print(f"ERROR: {rec['error']}")
