@@ -60,6 +60,10 @@ import psutil
 
 from flask_websocket.transport import PYPY_CONTINULETS_EVAL
 
+sys.path.insert(0, bl.REPO_ROOT)
+# One reader of .pypy/paths for the tests and the benchmarks.
+from tests.uwsgi_server import PypyBuild, find_pypy_build
+
 MB = 2**20
 
 
@@ -109,72 +113,26 @@ MAX_WORKERS = 500
 OPEN_TIMEOUT = 120.0
 CLOSE_TIMEOUT = 60.0
 SETTLE_TIMEOUT = 30.0
-PYPY_DIR = os.path.join(bl.REPO_ROOT, ".pypy")
 PYPY_INSTALL = "run scripts/install-pypy-uwsgi.sh first"
 
 
-@dataclass(frozen=True)
-class PypyBuild:
-    """uWSGI with its PyPy plugin and a PyPy venv, from scripts/install-pypy-uwsgi.sh.
+def pypy_argv(build: PypyBuild, model_args: list[str], port: int) -> list[str]:
+    """uWSGI arguments after the PyPy binary (benchlib.Server.argv_builder).
 
-    As tests/uwsgi_server.py's PypyBuild: ``.pypy/paths`` lists the binary,
-    libpypy, PyPy's home and the venv's site-packages once the build works.
+    As benchlib.uwsgi_command's http-socket mode, but the app is loaded the
+    PyPy plugin's way (tests/uwsgi_server.py's PypyBuild.load_flags) and
+    without --need-app: the plugin keeps its app to itself, so uWSGI would
+    say "no app loaded" and exit.
     """
-
-    uwsgi: str
-    libpypy: str
-    home: str
-    site_packages: str
-
-    def argv(self, model_args: list[str], port: int) -> list[str]:
-        """uWSGI arguments after the binary (benchlib.Server.argv_builder).
-
-        As benchlib.uwsgi_command's http-socket mode, but --pypy-wsgi instead
-        of --module and no --need-app: the plugin keeps its app to itself, so
-        uWSGI would say "no app loaded" and exit. --pypy-pp appends to
-        sys.path (no .pth files are read): site-packages, then this
-        repository for flask_websocket and the app.
-        """
-        return [
-            "--master",
-            "--die-on-term",
-            *model_args,
-            "--http-socket",
-            f"{bl.HOST}:{port}",
-            "--pypy-lib",
-            self.libpypy,
-            "--pypy-home",
-            self.home,
-            "--pypy-pp",
-            self.site_packages,
-            "--pypy-pp",
-            bl.REPO_ROOT,
-            "--pypy-wsgi",
-            APP_MODULE,
-            "--disable-logging",
-        ]
-
-
-def find_pypy_build() -> tuple[PypyBuild | None, str]:
-    """The PyPy build of uWSGI in .pypy/, or None and why it is unavailable."""
-    paths_file = os.path.join(PYPY_DIR, "paths")
-    if not os.path.isfile(paths_file):
-        return None, f"no {bl.relpath(paths_file)}: uWSGI's PyPy build is missing"
-    with open(paths_file) as f:
-        values = dict(ln.strip().split("=", 1) for ln in f if "=" in ln)
-    try:
-        build = PypyBuild(
-            uwsgi=values["uwsgi"],
-            libpypy=values["libpypy"],
-            home=values["home"],
-            site_packages=values["site_packages"],
-        )
-    except KeyError as exc:
-        return None, f"{bl.relpath(paths_file)} has no {exc}"
-    for path in (build.uwsgi, build.libpypy, build.site_packages):
-        if not os.path.exists(path):
-            return None, f"uWSGI's PyPy build is incomplete: no {path}"
-    return build, ""
+    return [
+        "--master",
+        "--die-on-term",
+        *model_args,
+        "--http-socket",
+        f"{bl.HOST}:{port}",
+        *build.load_flags(APP_MODULE),
+        "--disable-logging",
+    ]
 
 
 def pypy_info(build: PypyBuild) -> dict:
@@ -189,7 +147,7 @@ def pypy_info(build: PypyBuild) -> dict:
             return None
         return " ".join(out.stdout.split()) or None
 
-    venv_python = os.path.join(PYPY_DIR, "venv", "bin", "python")
+    venv_python = str(build.directory / "venv" / "bin" / "python")
     return {
         "uwsgi": probe([build.uwsgi, "--version"]),
         "libpypy": os.path.basename(build.libpypy),
@@ -281,8 +239,8 @@ def run_one(phase: str, name: str, rnd: int, args, stamp: str, attempt: int = 1)
         build = args.pypy_build
         pypy = {
             "binary": build.uwsgi,
-            "cwd": PYPY_DIR,  # the plugin compiles its cffi glue into ./__pycache__
-            "argv_builder": lambda port: build.argv(model.args(n), port),
+            "cwd": str(build.directory),  # the plugin compiles its cffi glue into ./__pycache__
+            "argv_builder": lambda port: pypy_argv(build, model.args(n), port),
         }
     server = bl.Server(
         name=name,
