@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Iterator, List, Tuple
@@ -15,7 +13,7 @@ from websockets.sync.client import ClientConnection
 
 from tests.redis_server import REDIS_SERVER, RedisServer
 from tests.test_uwsgi_rooms import assert_next_messages, join, spread_over_workers
-from tests.uwsgi_server import REPO_ROOT, UwsgiServer
+from tests.uwsgi_server import UwsgiServer, run_python
 
 pytestmark = [
     pytest.mark.uwsgi,
@@ -103,14 +101,7 @@ def test_write_only_emitter_from_a_process_without_uwsgi(
         "emitter.broadcast(b'\\x00binary')\n"
         "print(len(emitter.members('news')))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script, redis.url, name],
-        cwd=REPO_ROOT,
-        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_python(script, redis.url, name)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout.strip()) == len(clients)
     assert_next_messages(clients, ["from a cron job"])

@@ -46,6 +46,18 @@ def poll_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         time.sleep(interval)
 
 
+def run_python(code: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter with this repository importable; its output as text."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def free_port() -> int:
     """A TCP port nothing listens on at 127.0.0.1 right now."""
     with socket.socket() as sock:

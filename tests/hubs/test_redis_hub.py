@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List
 import pytest
 
 from tests.redis_server import REDIS_SERVER, RedisServer
-from tests.uwsgi_server import REPO_ROOT, free_port
+from tests.uwsgi_server import REPO_ROOT, free_port, run_python
 
 #: How a node process starts: patch first, then import anything.
 _BOOT = (
@@ -564,14 +564,7 @@ def test_emitter_works_without_gevent_installed() -> None:
         "    print('HubError', exc)\n"
         "assert not [m for m in sys.modules if m.startswith(('gevent', 'greenlet'))]\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO_ROOT,
-        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("HubError could not publish to 'flask-websocket:x:all'")
 
