@@ -170,21 +170,17 @@ def capture_start_response(
     "continulets" model) share one context between the request cores.
     """
 
+    inner = wsgi_app
     if own_context:
 
-        def flask_websocket_middleware(
-            environ: Dict[str, Any], start_response: Callable[..., Any]
-        ) -> Iterable[bytes]:
-            environ[START_RESPONSE_KEY] = start_response
+        def inner(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             return contextvars.Context().run(wsgi_app, environ, start_response)
 
-    else:
-
-        def flask_websocket_middleware(
-            environ: Dict[str, Any], start_response: Callable[..., Any]
-        ) -> Iterable[bytes]:
-            environ[START_RESPONSE_KEY] = start_response
-            return wsgi_app(environ, start_response)
+    def flask_websocket_middleware(
+        environ: Dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        environ[START_RESPONSE_KEY] = start_response
+        return inner(environ, start_response)
 
     flask_websocket_middleware.wsgi_app = wsgi_app  # type: ignore[attr-defined]
     return flask_websocket_middleware
@@ -357,10 +353,7 @@ class WebSocket:
     def members(self, room: str) -> List[str]:
         """Ids of the connections in ``room``, across every process of the app."""
         state = self._state()
-        guard = state.backend.guard
-        if guard is None:
-            return state.hub.members(room)
-        with guard:
+        with state.backend.guarded():  # the registry, shared with other threads
             return state.hub.members(room)
 
     def _publish(
@@ -376,12 +369,8 @@ class WebSocket:
         state = self._state()
         hub = state.hub
         envelope = Envelope(kind, opcode, payload, target, skip or "", origin=hub.registry.node_id)
-        guard = state.backend.guard
-        if guard is None:
+        with state.backend.guarded():  # the registry and connections of other threads
             hub.publish(envelope)
-        else:
-            with guard:  # the registry and connections of other threads
-                hub.publish(envelope)
 
     def _state(self) -> _State:
         app = current_app._get_current_object() if has_app_context() else None  # type: ignore[attr-defined]

@@ -165,6 +165,11 @@ class Backend(abc.ABC):
     #: that callbacks run under (see :mod:`flask_websocket.concurrency.loop`).
     guard: Any = None
 
+    def guarded(self) -> ContextManager[Any]:
+        """:attr:`guard`, or a context that does nothing where there is none."""
+        guard: Optional[ContextManager[Any]] = self.guard
+        return guard if guard is not None else contextlib.nullcontext()
+
     @abc.abstractmethod
     def watch_readable(self, fd: int, callback: Callable[[], None]) -> Watcher:
         """A stopped watcher that calls ``callback`` when ``fd`` is readable."""
@@ -206,11 +211,6 @@ class Backend(abc.ABC):
         """True when called from the event loop, where nothing may block."""
 
 
-def _guard_of(backend: Backend) -> ContextManager[Any]:
-    guard: Optional[ContextManager[Any]] = backend.guard
-    return guard if guard is not None else contextlib.nullcontext()
-
-
 class WakeupEvent(Event):
     """An :class:`Event` built on a backend's wakeups (one per waiting task)."""
 
@@ -222,7 +222,7 @@ class WakeupEvent(Event):
         self._waiters: List[Wakeup] = []
 
     def set(self) -> None:
-        with _guard_of(self._backend):
+        with self._backend.guarded():
             self._flag = True
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
@@ -235,7 +235,7 @@ class WakeupEvent(Event):
         return self._flag
 
     def wait(self, timeout: Optional[float] = None) -> bool:
-        with _guard_of(self._backend):
+        with self._backend.guarded():
             if self._flag:
                 return True
             waiter = self._backend.wakeup()
@@ -268,14 +268,14 @@ class WakeupQueue(Queue):
         return True
 
     def put(self, item: Any, block: bool = True, timeout: Optional[float] = None) -> None:
-        with _guard_of(self._backend):
+        with self._backend.guarded():
             if not self._wait_while(lambda: 0 < self._maxsize <= len(self._items), block, timeout):
                 raise queue.Full
             self._items.append(item)
             self._changed.set()
 
     def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
-        with _guard_of(self._backend):
+        with self._backend.guarded():
             if not self._wait_while(lambda: not self._items, block, timeout):
                 raise queue.Empty
             item = self._items.popleft()
