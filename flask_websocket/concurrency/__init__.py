@@ -6,9 +6,10 @@ model             uWSGI flags                                 backend
 gevent            ``--gevent N``                              :mod:`.gevent`
 threads           ``--threads N``                             :mod:`.threads`
 processes         ``--processes N``                           :mod:`.threads`
-uGreen            ``--async N --ugreen``                      :mod:`.uwsgi_async`
+uGreen            ``--async N --ugreen`` (patched uWSGI)      :mod:`.uwsgi_async`
 greenlet          ``--async N --greenlet``                    :mod:`.uwsgi_async`
 asyncio           ``--asyncio N --greenlet``                  :mod:`.asyncio_loop`
+continulets       ``--async N`` on PyPy (docs/pypy.rst)       :mod:`.uwsgi_async`
 ================  ==========================================  ===========================
 """
 
