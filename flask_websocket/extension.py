@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import hashlib
 import os
+import re
 import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Type, TypeVar, Union
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, has_app_context, request
 from werkzeug.exceptions import BadRequest, HTTPException
@@ -37,7 +40,7 @@ from .hubs.base import KIND_ALL, KIND_DIRECT, KIND_ROOM, Envelope, check_room
 from .protocol import ServerProtocol, encode_message, request_headers_from_environ
 from .rooms import RoomRegistry
 
-__all__ = ["CONFIG_DEFAULTS", "WebSocket"]
+__all__ = ["CONFIG_DEFAULTS", "WebSocket", "default_hub_name"]
 
 Handler = Callable[..., Any]
 H = TypeVar("H", bound=Handler)
@@ -127,22 +130,33 @@ class _State:
 
     def _start_hub(self) -> None:
         config = self.app.config
-        gevent = self.backend.name == "gevent"  # the local and redis hubs run on gevent
-        # The local hub by default under gevent, even for one worker: it costs
-        # a socket and an idle greenlet, and lets other processes on the host
+        backend = self.backend
+        # The local hub by default wherever it can listen, even for one
+        # worker: it costs a socket, and lets other processes on the host
         # (more workers, a `flask` CLI command) broadcast to this one.
-        default = "local://" if _LINUX and gevent else "memory://"
+        default = "local://" if _LINUX and backend.background_io else "memory://"
         url = config["WEBSOCKET_HUB_URL"] or default
-        if not gevent and not url.startswith("memory:"):
+        scheme = urlsplit(url).scheme
+        if scheme == "local" and not backend.background_io:
+            raise ConfigurationError(
+                f"WEBSOCKET_HUB_URL {url!r} needs a worker that listens while its handlers "
+                f"compute; under the {backend.name} model only memory:// (rooms and broadcast "
+                "inside each worker process) is available: use --gevent N, --threads N, "
+                "--processes N or --asyncio N --greenlet for rooms across workers"
+            )
+        if scheme not in ("memory", "local") and backend.name != "gevent":
             raise ConfigurationError(
                 f"WEBSOCKET_HUB_URL {url!r} needs uWSGI's gevent loop (--gevent N); "
-                f"under the {self.backend.name} model only memory:// (rooms and "
-                "broadcast inside each worker process) is available"
+                f"under the {backend.name} model use local:// (the workers of one host) "
+                "or memory:// (one worker)"
             )
         options = dict(config["WEBSOCKET_HUB_OPTIONS"] or {})
-        options.setdefault("name", self.app.import_name)
+        if scheme == "local":
+            options.setdefault("name", default_hub_name(self.app))
+        else:
+            options.setdefault("name", self.app.import_name)
         registry = RoomRegistry()
-        hub = create_hub(url, registry, options)
+        hub = create_hub(url, registry, options, backend)
         registry.hub = hub
         self._hub, self._hub_pid = hub, os.getpid()
         hub.start()  # listen now: this process holds (or is about to hold) members
@@ -151,6 +165,32 @@ class _State:
     def registry(self) -> RoomRegistry:
         """This process's registry of connections and rooms."""
         return self.hub.registry
+
+
+def default_hub_name(app: Flask) -> str:
+    """The local hub's name for ``app`` when ``WEBSOCKET_HUB_OPTIONS`` gives none.
+
+    Processes share rooms when they run the same app (its import name) from
+    the same directory (the real path of ``app.root_path``) with the same
+    ``SECRET_KEY``, as the same user: the workers of one deployment, and a
+    ``flask`` command run in its directory with its configuration. Two
+    deployments on one host (two directories, or one directory with two
+    configurations whose secret keys differ) share nothing. The name is the
+    import name and a digest of the three; the key itself is not in it.
+    """
+    secret = app.config.get("SECRET_KEY") or b""
+    if not isinstance(secret, bytes):
+        secret = str(secret).encode()
+    identity = b"\0".join(
+        (
+            b"flask-websocket local hub",
+            app.import_name.encode(),
+            os.path.realpath(app.root_path).encode(),
+            secret,
+        )
+    )
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", app.import_name)[:40]
+    return f"{readable}-{hashlib.sha256(identity).hexdigest()[:16]}"
 
 
 def capture_start_response(

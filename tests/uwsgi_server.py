@@ -134,6 +134,9 @@ class UwsgiServer:
     binary, ``--pypy-wsgi`` instead of ``--module``, and no ``--need-app``
     (the plugin keeps its app to itself, so uWSGI would say "no app loaded"
     and exit).
+
+    ``cwd`` runs it from another directory (importable first), for a copy
+    of an app that must not be this repository's.
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class UwsgiServer:
         env: Optional[Dict[str, str]] = None,
         log_dir: Optional[Path] = None,
         pypy: Optional[PypyBuild] = None,
+        cwd: Optional[Path] = None,
     ) -> None:
         self.module = module
         self.mode = mode
@@ -156,7 +160,7 @@ class UwsgiServer:
         if pypy is None:
             command: List[str] = [UWSGI, "--master", "--need-app", "--die-on-term"]
             load = ["--module", module]
-            self.cwd = REPO_ROOT
+            self.cwd = cwd or REPO_ROOT
         else:
             command = [pypy.uwsgi, "--master", "--die-on-term"]
             load = pypy.load_flags(module)
@@ -171,7 +175,7 @@ class UwsgiServer:
             command += ["--gevent", str(gevent)]
         command += ["--processes", str(processes), *load, *extra]
         self.command = command
-        self.env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), **(env or {}))
+        self.env = dict(os.environ, PYTHONPATH=str(cwd or REPO_ROOT), **(env or {}))
         log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
         self.log_path = log_dir / f"uwsgi-{self.port}.log"
         self.process: Optional[subprocess.Popen[bytes]] = None

@@ -92,6 +92,10 @@ _MAX_ID_LENGTH = 64
 logger = logging.getLogger(__name__)
 
 app = Flask(__name__)
+# Configuration from FLASK_* environment variables, JSON-decoded where they
+# parse (Flask's from_prefixed_env): FLASK_SECRET_KEY, FLASK_WEBSOCKET_HUB_URL,
+# FLASK_WEBSOCKET_HUB_OPTIONS='{"name": "chat"}', FLASK_WEBSOCKET_ALLOWED_ORIGINS...
+app.config.from_prefixed_env()
 websocket = WebSocket(app)
 
 
@@ -168,15 +172,19 @@ def _dump(**fields: Any) -> str:
     return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
 
 
-def _broadcast(message: str, room: str, skip: Optional[WebSocketConnection] = None) -> None:
-    """Broadcast to ``room``; a worker that cannot be reached is logged, not fatal.
+def _broadcast(message: str, room: str, skip: Optional[WebSocketConnection] = None) -> bool:
+    """Broadcast to ``room``; ``False`` (and a log line) if some worker did not get it.
 
-    The hub has delivered to this worker's members already when it raises.
+    A :class:`HubError` is not fatal: the hub delivered to the members in
+    this worker, and to every worker it could reach, before it raised, and
+    its message names the ones it could not.
     """
     try:
         websocket.broadcast(message, room=room, skip=skip)
     except HubError as exc:
         logger.warning("chat: broadcast to %r did not reach every worker: %s", room, exc)
+        return False
+    return True
 
 
 def _parse(raw: Any) -> Optional[Dict[str, Any]]:
@@ -209,7 +217,8 @@ def _handle(ws: WebSocketConnection, raw: Any, nick: str, room: str) -> None:
             _error(ws, f"message too long: at most {MAX_MESSAGE_LENGTH} characters")
         else:  # to everyone in the room, the sender too: its page shows it on arrival
             message = {"type": "message", "id": ws.id, "from": nick, "room": room, "text": text}
-            _broadcast(_dump(**message), room)
+            if not _broadcast(_dump(**message), room):
+                _error(ws, "the server is busy: your last message may not have reached everyone")
     elif kind == "here":
         target = data.get("to")
         if isinstance(target, str) and 0 < len(target) <= _MAX_ID_LENGTH:

@@ -160,6 +160,13 @@ class Backend(abc.ABC):
     #: Short name, as used in logs and error messages.
     name: str = ""
 
+    #: True when watchers and timers run whether or not any task waits (a
+    #: loop of its own: gevent's hub, a loop thread, asyncio), so a process
+    #: can listen for other processes' broadcasts while its handlers compute
+    #: or it has no connection at all. False where only waiting tasks drive
+    #: the loop (uWSGI's greenlet, uGreen and continulet cores).
+    background_io: bool = True
+
     #: ``None`` when callbacks and tasks share one cooperative thread (gevent).
     #: Otherwise a re-entrant lock that every connection call must hold, and
     #: that callbacks run under (see :mod:`flask_websocket.concurrency.loop`).

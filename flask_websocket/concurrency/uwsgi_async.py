@@ -196,6 +196,8 @@ class CoreWakeup(Wakeup):
 class UwsgiAsyncBackend(Backend):
     """Connections in uWSGI's async cores, driven by the cores that wait."""
 
+    background_io = False  # only a waiting core runs the loop
+
     def __init__(self, name: str) -> None:
         self.name = name
         self._watchers = FdWatchers(self._watched_events_changed)

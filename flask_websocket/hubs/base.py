@@ -21,12 +21,14 @@ import abc
 import logging
 import os
 import struct
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
 from ..exceptions import WebSocketError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..concurrency.base import Backend
     from ..rooms import RoomRegistry
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "Envelope",
     "Hub",
     "HubError",
+    "RateLimitedLog",
     "check_room",
     "new_node_id",
 ]
@@ -57,8 +60,8 @@ _HEADER = struct.Struct("!BBBBBB")  # version, kind, opcode, len(target), len(sk
 class HubError(WebSocketError):
     """A hub could not deliver a broadcast to other processes (e.g. Redis is down).
 
-    Local members of the room have received the message already; members in
-    other processes may not have (delivery is at most once).
+    Local members of the room have received the message already; the message
+    says which other processes did not get it (the local hub names each).
     """
 
 
@@ -77,6 +80,39 @@ def check_room(room: Any) -> str:
     if any(ord(char) < 32 or ord(char) == 127 for char in room):
         raise ValueError(f"room name {room!r} contains control characters")
     return room
+
+
+class RateLimitedLog:
+    """Logs at most one line per kind of event per ``interval`` seconds.
+
+    For what other processes can make happen at will (malformed packets,
+    refused peers): the log says it happens, and how often, without letting
+    anyone fill the disk.
+    """
+
+    def __init__(self, target: logging.Logger, interval: float = 10.0) -> None:
+        self._logger = target
+        self._interval = interval
+        self._last: Dict[str, Tuple[float, int]] = {}  # kind -> (logged at, suppressed since)
+
+    def warning(self, kind: str, message: str, *args: Any) -> None:
+        """Log ``message % args`` as a warning unless ``kind`` was logged lately."""
+        self._log(logging.WARNING, kind, message, args, False)
+
+    def exception(self, kind: str, message: str, *args: Any) -> None:
+        """As :meth:`warning`, at ERROR level with the current traceback."""
+        self._log(logging.ERROR, kind, message, args, True)
+
+    def _log(self, level: int, kind: str, message: str, args: Any, exc_info: bool) -> None:
+        now = time.monotonic()
+        logged_at, suppressed = self._last.get(kind, (-self._interval, 0))
+        if now - logged_at < self._interval:
+            self._last[kind] = (logged_at, suppressed + 1)
+            return
+        if suppressed:
+            message += f" ({suppressed} more like it in the last {now - logged_at:.0f} s)"
+        self._last[kind] = (now, 0)
+        self._logger.log(level, message, *args, exc_info=exc_info)
 
 
 def new_node_id() -> str:
@@ -140,28 +176,45 @@ class Hub(abc.ABC):
     #: Largest payload this hub carries, in bytes (``None``: no limit of its own).
     max_payload: Optional[int] = None
 
-    def __init__(self, registry: RoomRegistry, options: Optional[Mapping[str, Any]] = None) -> None:
+    def __init__(
+        self,
+        registry: RoomRegistry,
+        options: Optional[Mapping[str, Any]] = None,
+        backend: Optional[Backend] = None,
+    ) -> None:
         self.registry = registry
         self.options: Dict[str, Any] = dict(options or {})
+        if backend is None:
+            from ..concurrency import backend_for_server
+
+            backend = backend_for_server()
+        #: The concurrency backend the hub's listeners and waits run on.
+        self.backend: Backend = backend
         self._started = False
+        self._malformed_log = RateLimitedLog(logger)
 
     # -- public ------------------------------------------------------------
 
     def start(self) -> None:
         """Begin listening for other processes' broadcasts (idempotent)."""
         if not self._started:
-            self._started = True
-            try:
-                self._start()
-            except BaseException:
-                self._started = False  # a later call tries again
-                raise
+            with self.backend.guarded():
+                if self._started:
+                    return
+                self._started = True
+                try:
+                    self._start()
+                except BaseException:
+                    self._started = False  # a later call tries again
+                    raise
 
     def stop(self) -> None:
         """Stop listening and release sockets and connections (idempotent)."""
         if self._started:
-            self._started = False
-            self._stop()
+            with self.backend.guarded():
+                if self._started:
+                    self._started = False
+                    self._stop()
 
     def publish(self, envelope: Envelope) -> None:
         """Deliver ``envelope`` here, then hand it to the other processes.
@@ -192,7 +245,9 @@ class Hub(abc.ABC):
         try:
             envelope = Envelope.decode(data)
         except (ValueError, UnicodeDecodeError) as exc:
-            logger.warning("dropping a malformed hub message (%s)", exc)
+            self._malformed_log.warning(
+                "envelope", "%s hub: dropped a malformed message (%s)", self.scheme, exc
+            )
             return
         if envelope.origin == self.registry.node_id:
             return  # delivered locally when it was published

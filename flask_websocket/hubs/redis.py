@@ -59,6 +59,7 @@ from .base import KIND_DIRECT, KIND_ROOM, Envelope, Hub, HubError
 if TYPE_CHECKING:  # pragma: no cover
     import redis
 
+    from ..concurrency.base import Backend
     from ..rooms import RoomRegistry
 
 __all__ = [
@@ -244,8 +245,13 @@ class RedisHub(Hub):
 
     scheme = "redis"
 
-    def __init__(self, registry: RoomRegistry, options: Optional[Mapping[str, Any]] = None) -> None:
-        super().__init__(registry, options)
+    def __init__(
+        self,
+        registry: RoomRegistry,
+        options: Optional[Mapping[str, Any]] = None,
+        backend: Optional[Backend] = None,
+    ) -> None:
+        super().__init__(registry, options, backend)
         url = self.options.get("url")
         if not url or not isinstance(url, str):
             raise ValueError("the redis hub needs a url: WEBSOCKET_HUB_URL = 'redis://host:6379/0'")

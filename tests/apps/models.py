@@ -6,6 +6,7 @@ Started by tests/test_uwsgi_models.py with each model's uWSGI flags.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from flask import Flask
 
@@ -54,6 +55,37 @@ def room(ws: WebSocketConnection, name: str) -> None:
     ws.send(f"joined {name} pid={os.getpid()} id={ws.id}")
     for message in ws:
         websocket.broadcast(f"{ws.id}: {message}", room=name)
+
+
+@websocket.route("/storm/<name>")
+def storm(ws: WebSocketConnection, name: str) -> None:
+    """Join ``name``; on ``storm:<tasks>:<round>`` broadcast from that many tasks at once.
+
+    Each task (a greenlet, a thread: whatever the model's backend spawns)
+    calls ``broadcast("<round>.<task>", room=name)`` once; the handler waits
+    for all of them and answers ``stormed <round> ok=<n> errors=<list>``
+    (skipped by the broadcasts, so members see only broadcasts).
+    """
+    backend = app.extensions["websocket"].backend
+    ws.join(name)
+    ws.send(f"joined {name} pid={os.getpid()} id={ws.id}")
+    for message in ws:
+        _, tasks, round_ = str(message).split(":")
+        results = backend.queue(0)
+
+        def publish(text: str, results: Any = results) -> None:
+            try:
+                websocket.broadcast(text, room=name)
+            except Exception as exc:  # reported to the client: the test asserts none
+                results.put(f"{type(exc).__name__}: {exc}")
+            else:
+                results.put(None)
+
+        for task in range(int(tasks)):  # bounded by the client's request
+            backend.spawn(publish, f"{round_}.{task}")
+        outcomes = [results.get(timeout=30) for _ in range(int(tasks))]
+        errors = [outcome for outcome in outcomes if outcome is not None]
+        ws.send(f"stormed {round_} ok={len(outcomes) - len(errors)} errors={errors!r}")
 
 
 @app.route("/broadcast/<name>/<message>")

@@ -32,7 +32,10 @@ if os.environ.get("FWS_CLOSE_TIMEOUT"):
     app.config["WEBSOCKET_CLOSE_TIMEOUT"] = float(os.environ["FWS_CLOSE_TIMEOUT"])
 if os.environ.get("FWS_OVERFLOW"):
     app.config["WEBSOCKET_SEND_QUEUE_OVERFLOW"] = os.environ["FWS_OVERFLOW"]
-app.config["WEBSOCKET_HUB_OPTIONS"] = {"name": os.environ.get("FWS_HUB_NAME", "rooms-test")}
+if os.environ.get("FWS_HUB_NAME"):  # else the default: this deployment's own name
+    app.config["WEBSOCKET_HUB_OPTIONS"] = {"name": os.environ["FWS_HUB_NAME"]}
+if os.environ.get("FWS_SECRET_KEY"):
+    app.config["SECRET_KEY"] = os.environ["FWS_SECRET_KEY"]
 websocket = WebSocket(app)
 
 

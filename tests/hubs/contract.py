@@ -75,7 +75,7 @@ class Node:
     def __init__(self, name: str) -> None:
         self.registry = RoomRegistry()
         url = {"memory": "memory://", "local": "local://", "redis": REDIS_URL}[KIND]
-        options: Dict[str, Any] = {"name": name, "presence_timeout": 0.5}
+        options: Dict[str, Any] = {"name": name, "presence_timeout": 0.5, "listen": True}
         self.hub: Hub = create_hub(url, self.registry, options)
         self.registry.hub = self.hub
         self.hub.start()
