@@ -176,6 +176,9 @@ class Server:
     binary: str | None = None
     cwd: str | None = None
     argv_builder: Callable[[int], list[str]] | None = None
+    # Another copy of the code (an older commit exported by hub_burst.py):
+    # first on PYTHONPATH and the working directory, instead of REPO_ROOT.
+    code_root: str | None = None
 
     @property
     def module(self) -> str:
@@ -199,15 +202,14 @@ class Server:
         self.argv = ["taskset", "-c", str(SERVER_CORE), uwsgi, *args, *self.extra_args]
         env = dict(os.environ)
         env.update(self.extra_env)
-        env["PYTHONPATH"] = REPO_ROOT + (
-            os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
-        )
+        root = self.code_root or REPO_ROOT
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
         os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             self.argv,
-            cwd=self.cwd or REPO_ROOT,
+            cwd=self.cwd or root,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
