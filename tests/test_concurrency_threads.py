@@ -74,20 +74,28 @@ def test_wakeup_remembers_notify_and_times_out(backend: ThreadBackend) -> None:
     assert wakeup.wait(5) is True
 
 
-def test_queue_and_event_across_threads(backend: ThreadBackend) -> None:
-    items = backend.queue(2)
-    items.put(1)
-    items.put(2)
-    with pytest.raises(queue.Full):
-        items.put(3, block=False)
-    threading.Timer(0.05, items.get).start()
-    items.put(3, timeout=5)  # waits until the other thread took one
-    assert [items.get(), items.get()] == [2, 3]
-    with pytest.raises(queue.Empty):
-        items.get(timeout=0.05)
+def test_event_across_threads(backend: ThreadBackend) -> None:
     event = backend.event()
+    assert event.wait(0.05) is False
     threading.Timer(0.05, event.set).start()
     assert event.wait(5) is True and event.is_set()
+
+
+def test_call_soon_threadsafe_and_run_blocking(backend: ThreadBackend) -> None:
+    """A thread hands work to the loop; a task waits for a blocking call, guard released."""
+    ran_in: List[bool] = []
+    done = threading.Event()
+    backend.call_soon_threadsafe(lambda: (ran_in.append(backend.in_event_loop()), done.set()))
+    assert done.wait(5) and ran_in == [True]
+    with backend.guard:
+        # While run_blocking waits, another thread can take the guard.
+        def blocking_call() -> str:
+            with backend.guard:
+                return "took the guard"
+
+        assert backend.run_blocking(blocking_call) == "took the guard"
+        with pytest.raises(ZeroDivisionError):
+            backend.run_blocking(lambda: 1 / 0)
 
 
 def _open_pair(

@@ -12,19 +12,17 @@ one thread, so, as under gevent, nothing needs a lock.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, ContextManager, Optional
+from typing import Any, Callable, Optional
 
 import greenlet
 
 from .base import (
     Backend,
     Event,
-    Queue,
     Timer,
     ToggleWatcher,
     Wakeup,
     WakeupEvent,
-    WakeupQueue,
     Watcher,
 )
 
@@ -126,22 +124,13 @@ class GreenletWakeup(Wakeup):
             self._loop.call_soon(waiter.switch, True)
 
 
-class _NoLock:
-    """Greenlets of one loop switch only where they wait: a lock has nothing to do."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc_info: object) -> None:
-        return None
-
-
 class AsyncioBackend(Backend):
     """Connections on uWSGI's asyncio loop engine, one greenlet per request."""
 
     name = "asyncio"
 
-    def __init__(self) -> None:
+    def __init__(self, name: Optional[str] = None) -> None:
+        super().__init__(name)
         self._loop = asyncio.get_event_loop()
 
     def watch_readable(self, fd: int, callback: Callable[[], None]) -> Watcher:
@@ -159,12 +148,6 @@ class AsyncioBackend(Backend):
     def event(self) -> Event:
         return WakeupEvent(self)
 
-    def queue(self, maxsize: int) -> Queue:
-        return WakeupQueue(self, maxsize)
-
-    def lock(self) -> ContextManager[Any]:
-        return _NoLock()
-
     def spawn(self, function: Callable[..., Any], *args: Any) -> Any:
         main = greenlet.getcurrent()
         while main.parent is not None:
@@ -178,3 +161,6 @@ class AsyncioBackend(Backend):
 
     def in_event_loop(self) -> bool:
         return _in_loop_greenlet()
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        self._loop.call_soon_threadsafe(callback)

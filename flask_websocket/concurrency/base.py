@@ -1,10 +1,12 @@
 """The small interface the connection core needs from a concurrency model.
 
-A backend answers five needs: be called back when a file descriptor is
+A backend answers these needs: be called back when a file descriptor is
 readable or writable, run something later, let one task sleep until another
-wakes it, spawn a task, and the usual queue / lock / sleep. The connection
-core (``connection.py``) uses nothing else, so a new model (threads, uWSGI's
-native async) plugs in by writing one module.
+wakes it, spawn a task, sleep, and, for code that blocks (redis-py), run a
+call in a thread while the task waits and hand results back to the loop
+from another thread. The connection core (``connection.py``) and the hubs
+use nothing else, so a new model (threads, uWSGI's native async) plugs in by
+writing one module.
 
 Callbacks given to :meth:`Backend.watch_readable`, :meth:`Backend.watch_writable`
 and :meth:`Backend.call_later` run in the backend's event loop: they must not
@@ -15,20 +17,15 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import queue
-import time
-from collections import deque
-from typing import Any, Callable, ContextManager, Deque, List, Optional
+from typing import Any, Callable, ContextManager, List, Optional
 
 __all__ = [
     "Backend",
     "Event",
-    "Queue",
     "Timer",
     "ToggleWatcher",
     "Wakeup",
     "WakeupEvent",
-    "WakeupQueue",
     "Watcher",
 ]
 
@@ -138,27 +135,15 @@ class Event(abc.ABC):
         """Wait until the flag is set; return the flag."""
 
 
-class Queue(abc.ABC):
-    """A bounded FIFO queue shaped like :class:`queue.Queue`."""
-
-    @abc.abstractmethod
-    def put(self, item: Any, block: bool = True, timeout: Optional[float] = None) -> None:
-        """Put an item; raise :class:`queue.Full` when full and not blocking."""
-
-    @abc.abstractmethod
-    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
-        """Get an item; raise :class:`queue.Empty` when empty and not blocking."""
-
-    @abc.abstractmethod
-    def qsize(self) -> int:
-        """Number of items waiting."""
-
-
 class Backend(abc.ABC):
     """A concurrency model: the primitives the connection core runs on."""
 
     #: Short name, as used in logs and error messages.
     name: str = ""
+
+    def __init__(self, name: Optional[str] = None) -> None:
+        if name is not None:  # the model's name: "processes" runs the threads backend
+            self.name = name
 
     #: True when watchers and timers run whether or not any task waits (a
     #: loop of its own: gevent's hub, a loop thread, asyncio), so a process
@@ -198,14 +183,6 @@ class Backend(abc.ABC):
         """A new, cleared :class:`Event`."""
 
     @abc.abstractmethod
-    def queue(self, maxsize: int) -> Queue:
-        """A new queue holding at most ``maxsize`` items."""
-
-    @abc.abstractmethod
-    def lock(self) -> ContextManager[Any]:
-        """A new mutual-exclusion lock, usable as a context manager."""
-
-    @abc.abstractmethod
     def spawn(self, function: Callable[..., Any], *args: Any) -> Any:
         """Run ``function(*args)`` as a new task; return a handle to it."""
 
@@ -216,6 +193,32 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def in_event_loop(self) -> bool:
         """True when called from the event loop, where nothing may block."""
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` in the event loop (under :attr:`guard`), from any thread.
+
+        How code that runs in a thread of its own (see :mod:`.blocking`)
+        hands its results to the connections.
+        """
+        raise NotImplementedError(f"the {self.name} backend has no loop to call into")
+
+    def run_blocking(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Call ``function(*args)``, which may block on I/O, and return its result.
+
+        The calling task waits without holding up the others (nor
+        :attr:`guard`): the call runs in a thread of :func:`.blocking.executor`.
+        Exceptions are raised here. Not from the event loop.
+        """
+        if self.in_event_loop():
+            raise RuntimeError("run_blocking() cannot wait in the event loop")
+        from .blocking import executor
+
+        future = executor().submit(function, *args)
+        wakeup = self.wakeup()
+        future.add_done_callback(lambda _: self.call_soon_threadsafe(wakeup.notify))
+        while not future.done():
+            wakeup.wait()  # releases the guard while it sleeps
+        return future.result()
 
 
 class WakeupEvent(Event):
@@ -253,41 +256,3 @@ class WakeupEvent(Event):
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
             return self._flag
-
-
-class WakeupQueue(Queue):
-    """A bounded FIFO :class:`Queue` built on a backend's wakeups."""
-
-    def __init__(self, backend: Backend, maxsize: int) -> None:
-        self._backend = backend
-        self._maxsize = maxsize
-        self._items: Deque[Any] = deque()
-        self._changed = WakeupEvent(backend)
-
-    def _wait_while(self, full: Callable[[], bool], block: bool, timeout: Optional[float]) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while full():
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if not block or (remaining is not None and remaining <= 0):
-                return False
-            self._changed.clear()
-            self._changed.wait(remaining)
-        return True
-
-    def put(self, item: Any, block: bool = True, timeout: Optional[float] = None) -> None:
-        with self._backend.guarded():
-            if not self._wait_while(lambda: 0 < self._maxsize <= len(self._items), block, timeout):
-                raise queue.Full
-            self._items.append(item)
-            self._changed.set()
-
-    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
-        with self._backend.guarded():
-            if not self._wait_while(lambda: not self._items, block, timeout):
-                raise queue.Empty
-            item = self._items.popleft()
-            self._changed.set()
-            return item
-
-    def qsize(self) -> int:
-        return len(self._items)

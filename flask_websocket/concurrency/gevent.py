@@ -8,16 +8,15 @@ no greenlet beyond the request's own.
 
 from __future__ import annotations
 
-from typing import Any, Callable, ContextManager, Optional
+from typing import Any, Callable, Optional
 
 import gevent
 import gevent.event
-import gevent.lock
-import gevent.queue
+from gevent import monkey
 from gevent.hub import Waiter, get_hub
 from greenlet import getcurrent
 
-from .base import Backend, Event, Queue, Timer, Wakeup, Watcher
+from .base import Backend, Event, Timer, Wakeup, Watcher
 
 __all__ = ["GeventBackend"]
 
@@ -131,26 +130,19 @@ class _GeventEvent(Event):
         return bool(self._event.wait(timeout))
 
 
-class _GeventQueue(Queue):
-    __slots__ = ("_queue",)
-
-    def __init__(self, maxsize: int) -> None:
-        self._queue: gevent.queue.Queue[Any] = gevent.queue.Queue(maxsize)
-
-    def put(self, item: Any, block: bool = True, timeout: Optional[float] = None) -> None:
-        self._queue.put(item, block, timeout)
-
-    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
-        return self._queue.get(block, timeout)
-
-    def qsize(self) -> int:
-        return int(self._queue.qsize())
-
-
 class GeventBackend(Backend):
-    """Connections on gevent: what ``uwsgi --gevent N`` runs."""
+    """Connections on gevent: what ``uwsgi --gevent N`` runs.
+
+    Made in the thread whose gevent hub serves the connections (the worker's
+    main thread under uWSGI): :meth:`call_soon_threadsafe` calls into that
+    hub's loop.
+    """
 
     name = "gevent"
+
+    def __init__(self, name: Optional[str] = None) -> None:
+        super().__init__(name)
+        self._loop = get_hub().loop
 
     def watch_readable(self, fd: int, callback: Callable[[], None]) -> Watcher:
         return _IoWatcher(fd, _READ, callback)
@@ -167,13 +159,6 @@ class GeventBackend(Backend):
     def event(self) -> Event:
         return _GeventEvent()
 
-    def queue(self, maxsize: int) -> Queue:
-        return _GeventQueue(maxsize)
-
-    def lock(self) -> ContextManager[Any]:
-        lock: ContextManager[Any] = gevent.lock.RLock()
-        return lock
-
     def spawn(self, function: Callable[..., Any], *args: Any) -> Any:
         return gevent.spawn(function, *args)
 
@@ -182,3 +167,13 @@ class GeventBackend(Backend):
 
     def in_event_loop(self) -> bool:
         return getcurrent() is get_hub()
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        self._loop.run_callback_threadsafe(callback)
+
+    def run_blocking(self, function: Callable[..., Any], *args: Any) -> Any:
+        if self.in_event_loop():
+            raise RuntimeError("run_blocking() cannot wait in the event loop")
+        if monkey.is_module_patched("socket"):
+            return function(*args)  # blocking calls are cooperative already
+        return get_hub().threadpool.apply(function, args)

@@ -29,9 +29,9 @@ import os
 import selectors
 import threading
 import time
-from typing import Any, Callable, ContextManager, Optional
+from typing import Any, Callable, Optional
 
-from .base import Backend, Event, Queue, Timer, Wakeup, WakeupEvent, WakeupQueue, Watcher
+from .base import Backend, Event, Timer, Wakeup, WakeupEvent, Watcher
 from .polling import READ, FdWatchers, TimerHeap
 
 __all__ = ["LoopBackend", "LoopThread"]
@@ -133,7 +133,8 @@ class LoopBackend(Backend):
     Subclasses say how a task sleeps: :meth:`wakeup`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: Optional[str] = None) -> None:
+        super().__init__(name)
         self._loop: Optional[LoopThread] = None
         self._loop_pid = 0
         self._loop_lock = threading.Lock()
@@ -169,13 +170,6 @@ class LoopBackend(Backend):
     def event(self) -> Event:
         return WakeupEvent(self)
 
-    def queue(self, maxsize: int) -> Queue:
-        return WakeupQueue(self, maxsize)
-
-    def lock(self) -> ContextManager[Any]:
-        lock: ContextManager[Any] = threading.RLock()
-        return lock
-
     def spawn(self, function: Callable[..., Any], *args: Any) -> Any:
         thread = threading.Thread(target=function, args=args, daemon=True)
         thread.start()
@@ -187,3 +181,7 @@ class LoopBackend(Backend):
     def in_event_loop(self) -> bool:
         loop = self._loop
         return loop is not None and threading.current_thread() is loop.thread
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        with self.guard:  # held briefly: the loop thread runs the callback under it
+            self.loop.call_later(0.0, callback)

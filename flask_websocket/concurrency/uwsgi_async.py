@@ -35,11 +35,11 @@ import logging
 import os
 import select
 import time
-from typing import Any, Callable, ContextManager, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .. import transport
 from ..exceptions import ConfigurationError
-from .base import Backend, Event, Queue, Timer, Wakeup, WakeupEvent, WakeupQueue, Watcher
+from .base import Backend, Event, Timer, Wakeup, WakeupEvent, Watcher
 from .polling import READ, WRITE, FdWatchers, TimerHeap
 
 __all__ = ["UwsgiAsyncBackend"]
@@ -198,8 +198,8 @@ class UwsgiAsyncBackend(Backend):
 
     background_io = False  # only a waiting core runs the loop
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, name: Optional[str] = None) -> None:
+        super().__init__(name)
         self._watchers = FdWatchers(self._watched_events_changed)
         # fd -> the wakeup of the core sleeping on that fd
         self._sleepers: Dict[int, CoreWakeup] = {}
@@ -211,7 +211,7 @@ class UwsgiAsyncBackend(Backend):
             self._free_waiters.append(_CoreWaiter())
         except (OSError, AttributeError) as exc:
             raise ConfigurationError(
-                f"uWSGI's {name} suspend engine needs Linux timerfds ({exc}); "
+                f"uWSGI's {self.name} suspend engine needs Linux timerfds ({exc}); "
                 "use --gevent N or --threads N"
             ) from exc
 
@@ -232,12 +232,6 @@ class UwsgiAsyncBackend(Backend):
 
     def event(self) -> Event:
         return WakeupEvent(self)
-
-    def queue(self, maxsize: int) -> Queue:
-        return WakeupQueue(self, maxsize)
-
-    def lock(self) -> ContextManager[Any]:
-        return contextlib.nullcontext()  # cores switch only where they wait
 
     def spawn(self, function: Callable[..., Any], *args: Any) -> Any:
         raise ConfigurationError(

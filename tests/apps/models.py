@@ -6,7 +6,7 @@ Started by tests/test_uwsgi_models.py with each model's uWSGI flags.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, List, Optional
 
 from flask import Flask
 
@@ -71,19 +71,25 @@ def storm(ws: WebSocketConnection, name: str) -> None:
     ws.send(f"joined {name} pid={os.getpid()} id={ws.id}")
     for message in ws:
         _, tasks, round_ = str(message).split(":")
-        results = backend.queue(0)
+        outcomes: List[Optional[str]] = []
+        all_done = backend.event()
+        count = int(tasks)
 
-        def publish(text: str, results: Any = results) -> None:
+        def publish(
+            text: str, outcomes: Any = outcomes, all_done: Any = all_done, count: int = count
+        ) -> None:
             try:
                 websocket.broadcast(text, room=name)
             except Exception as exc:  # reported to the client: the test asserts none
-                results.put(f"{type(exc).__name__}: {exc}")
+                outcomes.append(f"{type(exc).__name__}: {exc}")
             else:
-                results.put(None)
+                outcomes.append(None)
+            if len(outcomes) == count:
+                all_done.set()
 
-        for task in range(int(tasks)):  # bounded by the client's request
+        for task in range(count):  # bounded by the client's request
             backend.spawn(publish, f"{round_}.{task}")
-        outcomes = [results.get(timeout=30) for _ in range(int(tasks))]
+        all_done.wait(30)
         errors = [outcome for outcome in outcomes if outcome is not None]
         ws.send(f"stormed {round_} ok={len(outcomes) - len(errors)} errors={errors!r}")
 
