@@ -27,19 +27,24 @@ from .exceptions import (
     ConnectionClosedError,
     ConnectionClosedOK,
     HandshakeRejected,
+    SendQueueFull,
     WebSocketError,
 )
 from .extension import WebSocket
+from .hubs.base import BroadcastTooLarge, HubError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BroadcastTooLarge",
     "CloseCode",
     "ConfigurationError",
     "ConnectionClosed",
     "ConnectionClosedError",
     "ConnectionClosedOK",
     "HandshakeRejected",
+    "HubError",
+    "SendQueueFull",
     "WebSocket",
     "WebSocketConnection",
     "WebSocketError",

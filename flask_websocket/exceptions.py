@@ -1,13 +1,14 @@
 """Exceptions raised by Flask-WebSocket.
 
-Every exception the library raises derives from :class:`WebSocketError`::
+Every exception the library raises derives from :class:`WebSocketError`, and
+every one a user can meet is importable from :mod:`flask_websocket`::
 
     WebSocketError
     ├── ConnectionClosed            the connection is closed; .code, .reason
     │   ├── ConnectionClosedOK      closed normally (1000 or 1001, both ways)
     │   └── ConnectionClosedError   closed by an error, or lost (1006)
     ├── SendQueueFull               a non-waiting send found the send queue full
-    ├── ConfigurationError          the server or app is set up so it cannot work
+    ├── ConfigurationError          the server or app is set up so it cannot work; .key
     ├── HubError                    (hubs) other processes could not be reached
     ├── BroadcastTooLarge           (hubs) a broadcast over the hub's size limit
     └── HandshakeRejected           (testing client) the server refused the upgrade
@@ -87,8 +88,14 @@ class SendQueueFull(WebSocketError):
 class ConfigurationError(WebSocketError, RuntimeError):
     """Flask-WebSocket cannot work the way the server or app is set up.
 
-    The message says which uWSGI flag or which command fixes it.
+    The message says which configuration key, uWSGI flag or command fixes
+    it; ``key`` is the configuration key at fault (``WEBSOCKET_...``), or
+    ``None`` when it is the server's flags.
     """
+
+    def __init__(self, message: str, key: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class HandshakeRejected(WebSocketError):

@@ -16,7 +16,6 @@ import hashlib
 import os
 import re
 import sys
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Type, TypeVar, Union
 from urllib.parse import urlsplit
@@ -26,10 +25,11 @@ from werkzeug.exceptions import BadRequest, HTTPException
 
 from . import transport
 from .close_codes import CloseCode
-from .concurrency import backend_for_server
+from .concurrency import backend_class, backend_for_server
 from .concurrency.base import Backend
+from .concurrency.blocking import thread_rlock
+from .config import CONFIG_DEFAULTS, check_config
 from .connection import (
-    OVERFLOW_POLICIES,
     ConnectionOptions,
     GuardedConnection,
     WebSocketConnection,
@@ -45,19 +45,6 @@ __all__ = ["CONFIG_DEFAULTS", "WebSocket", "default_hub_name"]
 Handler = Callable[..., Any]
 H = TypeVar("H", bound=Handler)
 
-#: Every configuration key, with its default. Documented in docs/configuration.rst.
-CONFIG_DEFAULTS: Dict[str, Any] = {
-    "WEBSOCKET_MAX_MESSAGE_SIZE": 2**20,
-    "WEBSOCKET_PING_INTERVAL": 25.0,
-    "WEBSOCKET_PING_TIMEOUT": 20.0,
-    "WEBSOCKET_CLOSE_TIMEOUT": 5.0,
-    "WEBSOCKET_ALLOWED_ORIGINS": None,
-    "WEBSOCKET_RECEIVE_QUEUE_SIZE": 64,
-    "WEBSOCKET_SEND_QUEUE_SIZE": 2**20,
-    "WEBSOCKET_SEND_QUEUE_OVERFLOW": "disconnect",
-    "WEBSOCKET_HUB_URL": None,
-    "WEBSOCKET_HUB_OPTIONS": {},
-}
 
 #: WSGI environ key where the middleware leaves the server's start_response.
 START_RESPONSE_KEY = "flask_websocket.start_response"
@@ -100,7 +87,27 @@ class _State:
         self._hub_pid = 0
         # Threads: one backend and one hub per process, however many threads
         # see their first connection at once. Re-entrant: the hub needs the backend.
-        self._hub_lock = threading.RLock()
+        self._hub_lock = thread_rlock()
+
+    def use_backend(self, backend: Backend) -> None:
+        """Serve this app's connections on ``backend`` (the test client's choice).
+
+        Raises:
+            RuntimeError: connections are open on another backend.
+        """
+        with self._hub_lock:
+            if self._backend is backend:
+                return
+            hub = self._hub
+            if hub is not None and hub.registry.connections:
+                raise RuntimeError(
+                    "connections of this app are open under another concurrency model: "
+                    "close them before testing under another"
+                )
+            if hub is not None:
+                hub.stop()
+            self._hub = None
+            self._backend = backend
 
     @property
     def backend(self) -> Backend:
@@ -137,19 +144,8 @@ class _State:
         default = "local://" if _LINUX and backend.background_io else "memory://"
         url = config["WEBSOCKET_HUB_URL"] or default
         scheme = urlsplit(url).scheme
-        if scheme == "local" and not backend.background_io:
-            raise ConfigurationError(
-                f"WEBSOCKET_HUB_URL {url!r} needs a worker that listens while its handlers "
-                f"compute; under the {backend.name} model only memory:// (rooms and broadcast "
-                "inside each worker process) is available: use --gevent N, --threads N, "
-                "--processes N or --asyncio N --greenlet for rooms across workers"
-            )
-        if scheme not in ("memory", "local") and backend.name != "gevent":
-            raise ConfigurationError(
-                f"WEBSOCKET_HUB_URL {url!r} needs uWSGI's gevent loop (--gevent N); "
-                f"under the {backend.name} model use local:// (the workers of one host) "
-                "or memory:// (one worker)"
-            )
+        _check_hub_url(url, backend.name, backend.background_io)
+        check_config(config)
         options = dict(config["WEBSOCKET_HUB_OPTIONS"] or {})
         if scheme == "local":
             options.setdefault("name", default_hub_name(self.app))
@@ -165,6 +161,18 @@ class _State:
     def registry(self) -> RoomRegistry:
         """This process's registry of connections and rooms."""
         return self.hub.registry
+
+
+def _check_hub_url(url: Any, model: str, background_io: bool) -> None:
+    """Refuse a hub that needs other processes under a model that cannot listen for them."""
+    if url and urlsplit(str(url)).scheme != "memory" and not background_io:
+        raise ConfigurationError(
+            f"WEBSOCKET_HUB_URL {url!r} needs a worker that listens for other processes "
+            f"while its handlers compute, and the {model} model has no loop of its own (only "
+            "a waiting core runs it): use --gevent N, --threads N, --processes N or "
+            "--asyncio N --greenlet for rooms across workers, or memory:// (rooms and "
+            "broadcast inside each worker process)"
+        )
 
 
 def default_hub_name(app: Flask) -> str:
@@ -282,12 +290,11 @@ class WebSocket:
         transport.check_server()
         for key, value in CONFIG_DEFAULTS.items():
             app.config.setdefault(key, value)
-        overflow = app.config["WEBSOCKET_SEND_QUEUE_OVERFLOW"]
-        if overflow not in OVERFLOW_POLICIES:
-            raise ValueError(
-                f"WEBSOCKET_SEND_QUEUE_OVERFLOW is {overflow!r}: use one of "
-                + ", ".join(repr(policy) for policy in OVERFLOW_POLICIES)
-            )
+        check_config(app.config)
+        model = transport.concurrency_model()
+        if model is not None:  # at start, before the first connection meets it
+            backend = backend_class(model)
+            _check_hub_url(app.config["WEBSOCKET_HUB_URL"], model, backend.background_io)
         app.extensions[EXTENSION_KEY] = _State(self, app)
         if app.debug:
             from werkzeug.debug import DebuggedApplication
@@ -441,6 +448,7 @@ class WebSocket:
 
 
 def _options_for(route: _Route, config: Any) -> ConnectionOptions:
+    check_config(config)  # again: the app may have changed it since init_app
     max_size = route.max_message_size
     if max_size is _DEFAULT:
         max_size = config["WEBSOCKET_MAX_MESSAGE_SIZE"]

@@ -11,15 +11,18 @@
             assert ws.receive() == "hello"
 
 The app runs exactly as under uWSGI (same routing, hooks, handshake checks
-and connection core on the gevent backend), each connection in a greenlet of
-one background thread's gevent loop (like one uWSGI worker), talking to the
-test over a socket pair. Only the uWSGI sharedarea is missing. Broadcasts
-between test connections use the memory hub: the client sets
+and connection core), talking to the test over a socket pair, under the
+model you pick: ``WebSocketTestClient(app, model="gevent")`` (the default)
+runs each connection in a greenlet of one background thread's gevent loop,
+like one ``--gevent N`` worker; ``model="threads"`` runs each in a thread of
+its own, like one ``--threads N`` worker. The same handler tests can run
+under both (parametrize them). Only the uWSGI sharedarea is missing.
+Broadcasts between test connections use the memory hub: the client sets
 ``WEBSOCKET_HUB_URL = "memory://"`` on the app unless it chose a hub.
 
-Handlers run in that background loop: a handler that blocks without
-yielding to gevent (``time.sleep`` in an unpatched process) holds up the
-other test connections, as it would in a uWSGI worker.
+Under gevent, a handler that blocks without yielding (``time.sleep`` in an
+unpatched process) holds up the other test connections, as it would in a
+uWSGI worker.
 """
 
 from __future__ import annotations
@@ -28,57 +31,19 @@ import base64
 import contextlib
 import os
 import socket
-import threading
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from flask import Flask
 from werkzeug.test import EnvironBuilder
 
 from .close_codes import CloseCode
+from .concurrency.blocking import thread_event
+from .concurrency.host import MODELS, task_host
 from .exceptions import HandshakeRejected
 from .protocol import ClientProtocol, Message
 from .transport import TEST_SOCKET_KEY
 
 __all__ = ["TestConnection", "WebSocketTestClient"]
-
-
-class _ServerLoop:
-    """One thread running a gevent loop: the server side of every test connection.
-
-    All connections of the process live in the same loop, as in one uWSGI
-    worker, so that broadcasts between them stay inside one event loop.
-    """
-
-    _instance: Optional[_ServerLoop] = None
-    _lock = threading.Lock()
-
-    def __init__(self) -> None:
-        self._ready = threading.Event()
-        self._hub: Any = None
-        self.thread = threading.Thread(target=self._main, name="websocket-test-server", daemon=True)
-        self.thread.start()
-        self._ready.wait()
-
-    @classmethod
-    def get(cls) -> _ServerLoop:
-        with cls._lock:
-            if cls._instance is None or not cls._instance.thread.is_alive():
-                cls._instance = cls()
-            return cls._instance
-
-    def _main(self) -> None:
-        import gevent
-
-        self._hub = gevent.get_hub()
-        self._ready.set()
-        while True:  # keep the loop alive; work arrives through submit()
-            gevent.sleep(3600)
-
-    def submit(self, function: Any) -> None:
-        """Run ``function`` in a new greenlet of the server loop."""
-        import gevent
-
-        self._hub.loop.run_callback_threadsafe(gevent.spawn, function)
 
 
 class _ServerRun:
@@ -91,8 +56,8 @@ class _ServerRun:
         self.headers: List[Tuple[str, str]] = []
         self.body: List[bytes] = []
         self.error: Optional[BaseException] = None
-        self.started = threading.Event()  # start_response was called
-        self.finished = threading.Event()  # the app returned (the handler is done)
+        self.started = thread_event()  # start_response was called
+        self.finished = thread_event()  # the app returned (the handler is done)
 
     def _start_response(
         self, status: str, headers: List[Tuple[str, str]], exc_info: Any = None
@@ -214,17 +179,32 @@ class TestConnection:
 
 
 class WebSocketTestClient:
-    """Connects to WebSocket routes of ``app`` in-process."""
+    """Connects to WebSocket routes of ``app`` in-process.
+
+    Args:
+        app: a Flask app with Flask-WebSocket initialised.
+        timeout: seconds a call waits for the server (a message, a close).
+        model: ``"gevent"`` or ``"threads"``: the concurrency model the
+            handlers run under (see the module's docstring).
+    """
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, app: Flask, *, timeout: float = 5.0) -> None:
+    def __init__(self, app: Flask, *, timeout: float = 5.0, model: str = "gevent") -> None:
+        if model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, not {model!r}")
         self.app = app
         self.timeout = timeout
+        self.model = model
         # In-process connections share one process: the memory hub serves
         # them, unless the app chose a hub itself.
         if app.config.get("WEBSOCKET_HUB_URL") is None:
             app.config["WEBSOCKET_HUB_URL"] = "memory://"
+        self._host = task_host(model)
+        state = app.extensions.get("websocket")
+        if state is None:
+            raise RuntimeError("Flask-WebSocket is not initialised on this app: WebSocket(app)")
+        state.use_backend(self._host.backend)
 
     def connect(
         self,
@@ -262,7 +242,7 @@ class WebSocketTestClient:
         client_socket, server_socket = socket.socketpair()
         environ[TEST_SOCKET_KEY] = server_socket
         run = _ServerRun(self.app, environ)
-        _ServerLoop.get().submit(run._run)
+        self._host.submit(run._run)
         if not run.started.wait(self.timeout):
             client_socket.close()
             raise TimeoutError(f"the handler of {path} did not accept or reject in time")

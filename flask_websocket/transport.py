@@ -43,7 +43,6 @@ __all__ = [
     "open_connection_socket",
     "pypy_continulets_installed",
     "release_socket",
-    "running_under_uwsgi",
     "sharedarea_read",
     "suspend_until_readable",
     "threads_enabled",
@@ -63,11 +62,6 @@ _RUN_HINT = (
     "`uwsgi --http :8080 --http-websockets --gevent 1000 --module yourapp:app "
     "--master --need-app --die-on-term`."
 )
-
-
-def running_under_uwsgi() -> bool:
-    """True when this process is a uWSGI worker (the ``uwsgi`` module exists)."""
-    return _uwsgi is not None
 
 
 def uwsgi_options() -> Dict[str, Any]:

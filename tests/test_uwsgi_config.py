@@ -164,6 +164,27 @@ def test_a_model_that_cannot_work_refuses_to_load_the_app(
 
 
 @pytest.mark.uwsgi
+@pytest.mark.parametrize("hub", ["local://", "redis://127.0.0.1:1/0"])
+def test_a_hub_across_workers_is_refused_at_start_where_no_loop_listens(
+    start_uwsgi: Callable[..., UwsgiServer], hub: str
+) -> None:
+    """greenlet cores drive their loop only while they wait: no hub can listen there."""
+    server = start_uwsgi(
+        "tests.apps.contract:app",
+        gevent=None,
+        extra=["--async", "10", "--greenlet"],
+        env={"FWS_HUB_URL": hub},
+        expect_ready=False,
+    )
+    assert server.process is not None
+    assert wait_for(lambda: server.process.poll() is not None), server.log()  # type: ignore[union-attr]
+    log = server.log()
+    assert "ConfigurationError" in log and "no app loaded" in log
+    assert "the greenlet model has no loop of its own" in log
+    assert "--gevent N, --threads N, --processes N or --asyncio N --greenlet" in log
+
+
+@pytest.mark.uwsgi
 @pytest.mark.parametrize(
     "flags",
     [("--async", "10"), ("--async", "10", "--pypy-eval", "uwsgi_pypy_setup_continulets()")],

@@ -72,10 +72,14 @@ def say(ws: ClientConnection, text: str) -> None:
     ws.send(json.dumps({"type": "message", "text": text}))
 
 
-def chat_groups() -> List[str]:
-    """The local hub groups of the chat on this host."""
-    found = group_addresses("flask-websocket/examples.chat-")
-    return sorted({address[1:].split("/")[1] for address in found})
+def hub_groups(*servers: UwsgiServer) -> List[str]:
+    """The local hub groups the workers of ``servers`` listen in."""
+    pids = {str(pid) for server in servers for pid in server.worker_pids()}
+    found = group_addresses("flask-websocket/")
+    # An address is "\0flask-websocket/<group>/w<worker>-<pid>-<node>".
+    return sorted(
+        {a[1:].split("/")[1] for a in found if a.rsplit("/", 1)[1].split("-")[1] in pids}
+    )
 
 
 def assert_isolated(first: UwsgiServer, second: UwsgiServer) -> None:
@@ -93,7 +97,8 @@ def test_two_directories_share_nothing(start_uwsgi, tmp_path: Path) -> None:
     first = start_chat(start_uwsgi, chat_copy(tmp_path / "staging"))
     second = start_chat(start_uwsgi, chat_copy(tmp_path / "production"))
     assert_isolated(first, second)
-    assert len(chat_groups()) == 2
+    groups = hub_groups(first, second)
+    assert len(groups) == 2 and all(g.startswith("examples.chat-") for g in groups), groups
 
 
 def test_one_directory_two_secret_keys_share_nothing(start_uwsgi, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 from urllib.parse import urlsplit
 
+from ..exceptions import ConfigurationError
 from .base import BroadcastTooLarge, Envelope, Hub, HubError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,6 +50,7 @@ def create_hub(
 
         options.setdefault("url", url)
         return RedisHub(registry, options, backend)
-    raise ValueError(
-        f"unknown WEBSOCKET_HUB_URL {url!r}: use memory://, local:// or redis://host:port/db"
+    raise ConfigurationError(
+        f"WEBSOCKET_HUB_URL is {url!r}: use memory://, local:// or redis://host:port/db",
+        key="WEBSOCKET_HUB_URL",
     )

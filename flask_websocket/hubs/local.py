@@ -58,6 +58,7 @@ from typing import Any, Deque, Dict, List, Mapping, Optional, Set, Tuple
 
 from .. import transport
 from ..concurrency.base import Backend, Event, Timer, Watcher
+from ..config import option_error
 from ..exceptions import ConfigurationError
 from .base import Envelope, Hub, HubError, RateLimitedLog
 
@@ -354,9 +355,8 @@ class LocalHub(Hub):
         super().__init__(registry, options, backend)
         name = str(self.options.get("name") or "app")
         if "/" in name or len(name) > 60 or any(ord(c) < 33 for c in name):
-            raise ValueError(
-                f"local hub name {name!r}: at most 60 characters, no '/', spaces or control "
-                "characters"
+            raise option_error(
+                "local", "name", name, "at most 60 characters, no '/', spaces or control characters"
             )
         self.group = f"{_PREFIX}{name}/"
         # Unique per process and registry; the worker number is there for
@@ -650,10 +650,10 @@ class LocalHub(Hub):
 
 
 def _positive(options: Mapping[str, Any], name: str, default: float) -> float:
-    value = float(options.get(name, default))
-    if value <= 0:
-        raise ValueError(f"local hub option {name} must be positive, not {value!r}")
-    return value
+    value = options.get(name, default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise option_error("local", name, value, "a number above 0")
+    return float(value)
 
 
 def group_addresses(group: str) -> List[str]:

@@ -10,8 +10,9 @@ default)::
     <prefix>node:<node id>    send_to(): a connection id is "<node id>.<n>"
 
 A broadcast is published once, as a binary :class:`~.base.Envelope`, to the
-narrowest channel that reaches its recipients. A listener greenlet reads the
-subscription and hands each envelope to the local registry.
+narrowest channel that reaches its recipients. A listener thread reads the
+subscription and hands the envelopes to the event loop, which delivers them
+to the local registry.
 
 Delivery is at most once. While Redis is unreachable, ``publish`` raises
 :class:`~.base.HubError` after the local members got the message, and
@@ -36,25 +37,31 @@ so rooms nobody asks about do not keep them forever. A node that finds its
 own ``alive`` key gone (a Redis restart, a pause longer than the TTL) writes
 all its entries again.
 
-redis-py does blocking socket I/O: under uWSGI it is cooperative only when
-gevent has patched the standard library (``--gevent-early-monkey-patch``,
-which ``flask websocket run`` passes).
+redis-py does blocking socket I/O, so the hub runs it in threads of its own
+(:mod:`flask_websocket.concurrency.blocking`) and works under every model
+whose loop runs on its own (gevent, threads, processes, asyncio). Under
+gevent with the standard library patched (``--gevent-early-monkey-patch``,
+which ``flask websocket run`` passes) those threads are greenlets and a
+handler's Redis calls run in its own greenlet; without the patch they are
+system threads.
 
 The channel and key names are module functions, shared with
-:class:`flask_websocket.emitter.RedisEmitter`; this module imports gevent
-only inside the hub's methods, so the emitter works without it.
+:class:`flask_websocket.emitter.RedisEmitter`, which needs no event loop.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
+from ..concurrency import blocking
+from ..config import option_error
 from ..exceptions import ConfigurationError
-from .base import KIND_DIRECT, KIND_ROOM, Envelope, Hub, HubError
+from .base import KIND_DIRECT, KIND_ROOM, Envelope, Hub, HubError, RateLimitedLog
 
 if TYPE_CHECKING:  # pragma: no cover
     import redis
@@ -90,6 +97,8 @@ BACKOFF_MAX = 5.0
 SUBSCRIBE_WAIT = 2.0
 #: Dead nodes whose entries one heartbeat removes, at most.
 GC_NODES_PER_BEAT = 10
+#: Messages the listener hands to the event loop in one call, at most.
+_BATCH = 256
 
 # -- names shared with the emitter -------------------------------------------
 
@@ -241,6 +250,15 @@ class RedisHub(Hub):
         heartbeat (it died) no longer count (default 30).
     ``redis_options``
         more keyword arguments for :meth:`redis.Redis.from_url`.
+
+    redis-py blocks on its sockets, so the hub's Redis work runs in threads
+    of its own (:mod:`flask_websocket.concurrency.blocking`): a listener
+    reads the subscription and hands what arrives to the event loop, a
+    maintainer keeps presence and subscriptions up to date, and a handler's
+    ``broadcast()`` or ``join()`` waits for its Redis call with
+    :meth:`~flask_websocket.concurrency.base.Backend.run_blocking`. Those
+    threads never touch the registry: the hub keeps its own copy of who is
+    in which room here, updated by the registry's hooks.
     """
 
     scheme = "redis"
@@ -254,28 +272,38 @@ class RedisHub(Hub):
         super().__init__(registry, options, backend)
         url = self.options.get("url")
         if not url or not isinstance(url, str):
-            raise ValueError("the redis hub needs a url: WEBSOCKET_HUB_URL = 'redis://host:6379/0'")
+            raise option_error("redis", "url", url, "a URL such as 'redis://host:6379/0'")
         self.url = url
         name = str(self.options.get("name") or "app")
         self.prefix = str(self.options.get("prefix") or default_prefix(name))
+        defaults = {"max_payload": DEFAULT_MAX_PAYLOAD, "health_check_interval": 10.0}
+        defaults["presence_ttl"] = 30.0
+        for option, default in defaults.items():
+            value = self.options.get(option, default)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise option_error("redis", option, value, "a number above 0")
         self.max_payload = int(self.options.get("max_payload", DEFAULT_MAX_PAYLOAD))
         self.health_check_interval = float(self.options.get("health_check_interval", 10.0))
         self.presence_ttl = float(self.options.get("presence_ttl", 30.0))
         self.redis_options: Dict[str, Any] = dict(self.options.get("redis_options") or {})
-        for option in ("max_payload", "health_check_interval", "presence_ttl"):
-            if getattr(self, option) <= 0:
-                raise ValueError(f"redis hub option {option} must be positive")
         self.node_id = registry.node_id
         self._client: Optional[redis.Redis] = None  # publish and presence
         self._pubsub_client: Optional[redis.Redis] = None
         self._pubsub: Any = None  # the listener's redis.client.PubSub, while it has one
-        self._listener: Any = None
-        self._maintainer: Any = None
+        self._threads: List[Any] = []
         self._running = False
-        self._lock: Any = None  # gevent lock: changes of the subscription
-        self._presence_lock: Any = None  # gevent lock: presence writes, in order
-        self._wake: Any = None  # gevent Event: the maintainer has work
-        self._confirmed_event: Any = None  # gevent Event, replaced each time it is set
+        #: Guards the state below, shared by the loop and the hub's threads.
+        #: Held briefly, never across Redis I/O.
+        self._lock: Any = blocking.thread_lock()
+        self._changed = blocking.thread_condition(self._lock)  # confirmations, outages
+        self._subscribing: Any = blocking.thread_lock()  # one subscription change at a time
+        self._presence_lock: Any = blocking.thread_lock()  # one presence flush at a time
+        self._wake: Any = blocking.thread_event()  # the maintainer has work
+        self._stopping: Any = blocking.thread_event()  # ends the listener's backoff sleep
+        #: This process's rooms with members, and members per room (the
+        #: registry's, as its hooks reported them).
+        self._rooms: Set[str] = set()
+        self._members: Dict[str, Set[str]] = {}
         #: Channels sent in SUBSCRIBE on the current connection / confirmed by Redis.
         self._subscribed: Set[str] = set()
         self._confirmed: Set[str] = set()
@@ -286,10 +314,11 @@ class RedisHub(Hub):
         #: (room, connection id) pairs whose presence entry must be written or deleted.
         self._dirty: Dict[Tuple[str, str], None] = {}
         self._resync = True
-        #: Rooms whose subscription may have to change (joined or left in the event loop).
+        #: Rooms whose subscription may have to change.
         self._room_changes: Set[str] = set()
         self._presence_failing = False
         self._presence_warned = False
+        self._errors = RateLimitedLog(logger)
 
     @property
     def connected(self) -> bool:
@@ -299,74 +328,67 @@ class RedisHub(Hub):
     # -- hooks -----------------------------------------------------------------
 
     def _start(self) -> None:
-        import gevent
-
-        try:
-            self._check_and_connect()
-        except BaseException:
-            self._started = False  # start() may be called again once fixed
-            raise
-        self._running = True
-        self._resync = True
-        self._backoff = BACKOFF_MIN
-        self._listener = gevent.spawn(self._listen)
-        self._maintainer = gevent.spawn(self._maintain)
-        if _can_block():  # receive broadcasts from the moment start() returns (Redis allowing)
-            for channel in (channel_all(self.prefix), channel_node(self.prefix, self.node_id)):
-                self._wait_confirmed(channel, SUBSCRIBE_WAIT)
-
-    def _check_and_connect(self) -> None:
-        import gevent.event
-        import gevent.lock
-        from gevent import monkey
-
-        if not monkey.is_module_patched("socket"):
-            raise ConfigurationError(
-                "the redis hub needs the standard library patched by gevent before redis-py "
-                "is used (otherwise every Redis call blocks the whole worker): start uWSGI "
-                "with --gevent-early-monkey-patch (`flask websocket run` passes it), or "
-                "call gevent.monkey.patch_all() first in other processes; to publish from "
-                "a process without gevent, use flask_websocket.emitter.RedisEmitter"
-            )
         self._client = redis_client(self.url, self.redis_options, retries=1)
         self._pubsub_client = redis_client(self.url, self.redis_options, retries=0)
-        self._lock = gevent.lock.RLock()
-        self._presence_lock = gevent.lock.Semaphore()
-        self._wake = gevent.event.Event()
-        self._confirmed_event = gevent.event.Event()
+        self._running = True
+        self._stopping.clear()
+        self._resync = True
+        self._backoff = BACKOFF_MIN
+        self._threads = [
+            blocking.start_thread(self._listen, name="flask-websocket-redis-listener"),
+            blocking.start_thread(self._maintain, name="flask-websocket-redis-maintainer"),
+        ]
+        if not self.backend.in_event_loop():
+            # Receive broadcasts from the moment start() returns (Redis allowing).
+            channels = [channel_all(self.prefix), channel_node(self.prefix, self.node_id)]
+            self.backend.run_blocking(self._wait_confirmed, channels, SUBSCRIBE_WAIT)
 
     def _stop(self) -> None:
         self._running = False
-        can_block = _can_block()
-        for greenlet in (self._listener, self._maintainer):
-            if greenlet is not None:
-                greenlet.kill(block=can_block, timeout=2.0)
-        self._listener = self._maintainer = None
-        pubsub, self._pubsub = self._pubsub, None
-        self._connected = False
-        self._notify_confirmed()
-        if pubsub is not None:
+        self._stopping.set()
+        self._wake.set()
+        with self._lock:
+            pubsub, self._pubsub = self._pubsub, None
+            self._connected = False
+            self._changed.notify_all()
+        if pubsub is not None:  # the listener's read fails at once
             _close_quietly(pubsub)
-        if can_block and self._client is not None:
-            try:
-                self._remove_own_presence()
-            except Exception as exc:  # best effort: the entries expire anyway
-                logger.debug("redis hub: could not remove presence entries (%s)", exc)
+        threads, self._threads = self._threads, []
+        if not self.backend.in_event_loop():
+            self.backend.run_blocking(self._finish_stopping, threads)
         for client in (self._client, self._pubsub_client):
             if client is not None:
                 _close_quietly(client)
         self._client = self._pubsub_client = None
-        self._subscribed.clear()
-        self._confirmed.clear()
+        with self._lock:
+            self._subscribed.clear()
+            self._confirmed.clear()
         self._resync = True
+
+    def _finish_stopping(self, threads: List[Any]) -> None:
+        for thread in threads:
+            thread.join(2.0)
+        if self._client is not None:
+            try:
+                self._remove_own_presence()
+            except Exception as exc:  # best effort: the entries expire anyway
+                logger.debug("redis hub: could not remove presence entries (%s)", exc)
 
     def _publish(self, envelope: Envelope) -> None:
         if envelope.kind == KIND_DIRECT and envelope.target.split(".")[0] == self.node_id:
             return  # a connection of this process: delivered already
         channel = channel_for(self.prefix, envelope)
-        assert self._client is not None  # publish() started the hub
+        data = envelope.encode()
+        if self.backend.in_event_loop():  # cannot wait: publish from a thread, log failures
+            blocking.executor().submit(self._publish_logged, channel, data)
+            return
+        self.backend.run_blocking(self._publish_now, channel, data)
+
+    def _publish_now(self, channel: str, data: bytes) -> None:
+        client = self._client
+        assert client is not None  # publish() started the hub
         try:
-            self._client.publish(channel, envelope.encode())
+            client.publish(channel, data)
         except Exception as exc:
             if not _is_redis_error(exc):
                 raise
@@ -375,10 +397,23 @@ class RedisHub(Hub):
                 "members in this process got the message, members in other processes did not"
             ) from exc
 
-    def _remote_members(self, room: str) -> List[str]:
-        assert self._client is not None  # members() started the hub
+    def _publish_logged(self, channel: str, data: bytes) -> None:
         try:
-            return live_members(self._client, self.prefix, room, exclude_node=self.node_id)
+            self._publish_now(channel, data)
+        except Exception as exc:
+            self._errors.warning("publish", "%s", exc)
+
+    def _remote_members(self, room: str) -> List[str]:
+        if self.backend.in_event_loop():
+            raise HubError("redis hub: members() cannot wait for Redis in the event loop")
+        result: List[str] = self.backend.run_blocking(self._read_members, room)
+        return result
+
+    def _read_members(self, room: str) -> List[str]:
+        client = self._client
+        assert client is not None  # members() started the hub
+        try:
+            return live_members(client, self.prefix, room, exclude_node=self.node_id)
         except Exception as exc:
             if not _is_redis_error(exc):
                 raise
@@ -387,27 +422,39 @@ class RedisHub(Hub):
             ) from exc
 
     def _room_joined(self, room: str) -> None:
-        if not self._running:
-            return  # start() subscribes to every room with members
-        if not _can_block():
+        with self._lock:
+            self._rooms.add(room)
+            if not self._running:
+                return  # start() subscribes to every room with members
             self._room_changes.add(room)
+        if self.backend.in_event_loop():
             self._wake.set()  # the maintainer subscribes
             return
+        self.backend.run_blocking(self._subscribe_and_wait, room)
+
+    def _subscribe_and_wait(self, room: str) -> None:
         self._sync_subscriptions([room])
-        self._wait_confirmed(channel_room(self.prefix, room), SUBSCRIBE_WAIT)
+        self._wait_confirmed([channel_room(self.prefix, room)], SUBSCRIBE_WAIT)
 
     def _room_left(self, room: str) -> None:
-        if self._running:
+        with self._lock:
+            self._rooms.discard(room)
+            if not self._running:
+                return
             self._room_changes.add(room)
-            self._wake.set()  # the maintainer unsubscribes: this may run in the event loop
+        self._wake.set()  # the maintainer unsubscribes: this may run in the event loop
 
     def _member_joined(self, room: str, connection_id: str) -> None:
-        if not self._running:
-            return  # start() writes every member
-        self._dirty[(room, connection_id)] = None
-        if _can_block() and self._connected and not self._presence_failing:
+        with self._lock:
+            self._members.setdefault(room, set()).add(connection_id)
+            if not self._running:
+                return  # start() writes every member
+            self._dirty[(room, connection_id)] = None
+            flush_now = self._connected and not self._presence_failing
+        if flush_now and not self.backend.in_event_loop():
             try:
-                self._flush_presence()  # visible to every process when join() returns
+                # Visible to every process when join() returns.
+                self.backend.run_blocking(self._flush_presence)
                 return
             except Exception as exc:
                 if not _is_redis_error(exc):
@@ -416,9 +463,16 @@ class RedisHub(Hub):
         self._wake_maintainer()
 
     def _member_left(self, room: str, connection_id: str) -> None:
-        if self._running:  # else start() removes what is left of it
+        with self._lock:
+            members = self._members.get(room)
+            if members is not None:
+                members.discard(connection_id)
+                if not members:
+                    del self._members[room]
+            if not self._running:
+                return  # start() removes what is left of it
             self._dirty[(room, connection_id)] = None
-            self._wake_maintainer()  # never waits here: this may run in the event loop
+        self._wake_maintainer()  # never waits here: this may run in the event loop
 
     def _wake_maintainer(self) -> None:
         # While Redis fails, the maintainer retries on its own schedule (and
@@ -426,73 +480,75 @@ class RedisHub(Hub):
         if self._connected and not self._presence_failing:
             self._wake.set()
 
-    # -- subscription ------------------------------------------------------------
+    # -- subscription (the hub's threads) ------------------------------------------
 
     def _wanted_channels(self) -> Set[str]:
         channels = {channel_all(self.prefix), channel_node(self.prefix, self.node_id)}
-        channels.update(channel_room(self.prefix, room) for room in self.registry.rooms())
+        with self._lock:
+            channels.update(channel_room(self.prefix, room) for room in self._rooms)
         return channels
 
     def _sync_subscriptions(self, rooms: Iterable[str]) -> None:
         """Subscribe to those of ``rooms`` that have members here, unsubscribe from the others."""
-        with self._lock:
+        with self._subscribing:
             pubsub = self._pubsub
             if pubsub is None:
                 return  # the listener subscribes to everything when it connects
             add, remove = set(), set()
-            for room in rooms:
-                channel = channel_room(self.prefix, room)
-                if self.registry.local_members(room):
-                    if channel not in self._subscribed:
-                        add.add(channel)
-                elif channel in self._subscribed:
-                    remove.add(channel)
+            with self._lock:
+                for room in rooms:
+                    channel = channel_room(self.prefix, room)
+                    if room in self._rooms:
+                        if channel not in self._subscribed:
+                            add.add(channel)
+                    elif channel in self._subscribed:
+                        remove.add(channel)
+                self._confirmed.difference_update(add)
             try:
                 if add:
-                    self._confirmed.difference_update(add)
                     pubsub.subscribe(*sorted(add))
-                    self._subscribed.update(add)
+                    with self._lock:
+                        self._subscribed.update(add)
                 if remove:
                     pubsub.unsubscribe(*sorted(remove))
-                    self._subscribed.difference_update(remove)
+                    with self._lock:
+                        self._subscribed.difference_update(remove)
             except Exception as exc:
                 if not _is_redis_error(exc):
                     raise
                 # The listener sees the broken connection too, and resubscribes.
                 logger.debug("redis hub: subscription change failed (%s)", exc)
 
-    def _wait_confirmed(self, channel: str, timeout: float) -> None:
-        """Wait until Redis confirmed ``channel``, the connection failed, or ``timeout``."""
+    def _wait_confirmed(self, channels: List[str], timeout: float) -> None:
+        """Wait until Redis confirmed ``channels``, the connection failed, or ``timeout``."""
         deadline = time.monotonic() + timeout
-        while self._running and channel not in self._confirmed and self._outage_since is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self._confirmed_event.wait(remaining)
+        with self._lock:
+            while (
+                self._running
+                and not self._confirmed.issuperset(channels)
+                and self._outage_since is None
+            ):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
 
-    def _notify_confirmed(self) -> None:
-        event = self._confirmed_event
-        if event is not None:
-            import gevent.event
-
-            self._confirmed_event = gevent.event.Event()
-            event.set()
-
-    # -- the listener --------------------------------------------------------------
+    # -- the listener (a thread of the hub) --------------------------------------------
 
     def _listen(self) -> None:
-        import gevent
-
-        assert self._pubsub_client is not None
+        client = self._pubsub_client
+        assert client is not None
         while self._running:
-            pubsub = self._pubsub_client.pubsub()  # type: ignore[no-untyped-call]
+            pubsub = client.pubsub()  # type: ignore[no-untyped-call]
             try:
-                with self._lock:
-                    self._pubsub = pubsub
-                    self._subscribed, self._confirmed = set(), set()
+                with self._subscribing:
                     wanted = self._wanted_channels()
+                    with self._lock:
+                        if not self._running:
+                            break
+                        self._pubsub = pubsub
+                        self._subscribed, self._confirmed = set(wanted), set()
                     pubsub.subscribe(*sorted(wanted))
-                    self._subscribed = wanted
                 self._read(pubsub)
             except Exception as exc:
                 if self._running:
@@ -501,20 +557,19 @@ class RedisHub(Hub):
                     else:
                         logger.exception("redis hub: listener error; reconnecting")
             finally:
-                if self._pubsub is pubsub:
-                    self._pubsub = None
-                self._connected = False
-                self._subscribed, self._confirmed = set(), set()
-                self._notify_confirmed()
+                with self._lock:
+                    if self._pubsub is pubsub:
+                        self._pubsub = None
+                    self._connected = False
+                    self._subscribed, self._confirmed = set(), set()
+                    self._changed.notify_all()
                 _close_quietly(pubsub)
-            if not self._running:
-                break
             delay = random.uniform(self._backoff / 2, self._backoff)
             self._backoff = min(self._backoff * 2, BACKOFF_MAX)
-            gevent.sleep(delay)
+            self._stopping.wait(delay)
 
     def _read(self, pubsub: Any) -> None:
-        """Hand every message to the registry until the connection breaks or the hub stops."""
+        """Hand every message to the event loop until the connection breaks or the hub stops."""
         interval = self.health_check_interval
         heard_at = time.monotonic()
         pinged_at: Optional[float] = None
@@ -533,37 +588,61 @@ class RedisHub(Hub):
                     pinged_at = now
                 continue
             heard_at, pinged_at = now, None
-            kind = message["type"]
-            if kind == "message":
-                try:
-                    self.receive(message["data"])
-                except Exception:  # one bad message must not stop the listener
-                    logger.exception("redis hub: error delivering a message")
-            elif kind == "subscribe":
+            batch: List[bytes] = []
+            while message is not None:  # what is there already, in one call into the loop
+                self._note(message, batch)
+                if len(batch) >= _BATCH:
+                    break
+                message = pubsub.get_message(timeout=0.0)
+            if batch:
+                self.backend.call_soon_threadsafe(functools.partial(self._deliver, batch))
+
+    def _note(self, message: Dict[str, Any], batch: List[bytes]) -> None:
+        """One message of the subscription: a broadcast for the batch, or a confirmation."""
+        kind = message["type"]
+        if kind == "message":
+            batch.append(message["data"])
+        elif kind == "subscribe":
+            with self._lock:
                 self._confirmed.add(_text(message["channel"]))
-                if not self._connected:
-                    self._connection_made()
-                self._notify_confirmed()
-            elif kind == "unsubscribe":
+                first = not self._connected
+                self._connected = True
+                self._changed.notify_all()
+            if first:
+                self._connection_made()
+        elif kind == "unsubscribe":
+            with self._lock:
                 self._confirmed.discard(_text(message["channel"]))
 
+    def _deliver(self, batch: List[bytes]) -> None:
+        """In the event loop: deliver what the listener received."""
+        for data in batch:
+            try:
+                self.receive(data)
+            except Exception:  # one bad message must not stop the others
+                self._errors.exception("deliver", "redis hub: error delivering a message")
+
     def _connection_made(self) -> None:
-        self._connected = True
-        self._ever_connected = True
+        with self._lock:
+            self._ever_connected = True
+            outage_since, self._outage_since = self._outage_since, None
         self._backoff = BACKOFF_MIN
         self._resync = True  # Redis may have restarted empty: write presence again
         self._wake.set()  # and apply room changes made while disconnected
-        if self._outage_since is not None:
+        if outage_since is not None:
             logger.info(
                 "redis hub: Redis at %s is back after %.1f s; listening again",
                 safe_url(self.url),
-                time.monotonic() - self._outage_since,
+                time.monotonic() - outage_since,
             )
-            self._outage_since = None
 
     def _connection_failed(self, exc: BaseException) -> None:
-        if self._outage_since is None:
-            self._outage_since = time.monotonic()
+        with self._lock:
+            first = self._outage_since is None
+            if first:
+                self._outage_since = time.monotonic()
+            self._changed.notify_all()
+        if first:
             logger.warning(
                 "redis hub: %s Redis at %s (%s); broadcasts from other processes are lost "
                 "until it is back; reconnecting",
@@ -574,17 +653,18 @@ class RedisHub(Hub):
         else:
             logger.debug("redis hub: reconnection failed (%s)", exc)
 
-    # -- presence ------------------------------------------------------------------
+    # -- presence (the hub's threads) ----------------------------------------------
 
     def _maintain(self) -> None:
-        """Heartbeat, presence writes and subscription changes that must not run in the loop."""
+        """Heartbeat, presence writes and subscription changes."""
         interval = self.presence_ttl / 3
         next_beat = 0.0
         failures = 0
         while self._running:
             self._wake.clear()
-            if self._room_changes:  # first: it does not depend on presence writes working
+            with self._lock:
                 rooms, self._room_changes = self._room_changes, set()
+            if rooms:  # first: it does not depend on presence writes working
                 self._sync_subscriptions(rooms)
             try:
                 if time.monotonic() >= next_beat:
@@ -599,6 +679,8 @@ class RedisHub(Hub):
                         raise
                 self._flush_presence()
             except Exception as exc:
+                if not self._running:
+                    return  # stopped while writing: the clients are closed
                 if not _is_redis_error(exc):
                     logger.exception("redis hub: presence error")
                 else:
@@ -663,7 +745,8 @@ class RedisHub(Hub):
             logger.debug("redis hub: removed %d entries of dead node %s", len(entries), node)
 
     def _local_rooms(self) -> Dict[str, Set[str]]:
-        return {room: set(self.registry.local_members(room)) for room in self.registry.rooms()}
+        with self._lock:
+            return {room: set(members) for room, members in self._members.items() if members}
 
     def _resync_presence(self) -> None:
         """Make Redis hold exactly this process's members: after a restart, or at start."""
@@ -680,11 +763,10 @@ class RedisHub(Hub):
         pipe.set(alive_key(self.prefix, self.node_id), 1, px=self._ttl_ms())
         pipe.sadd(nodes_key(self.prefix), self.node_id)
         for room, members in local.items():
-            if members:
-                pipe.hset(
-                    members_key(self.prefix, room),
-                    mapping=dict.fromkeys(sorted(members), self.node_id),
-                )
+            pipe.hset(
+                members_key(self.prefix, room),
+                mapping=dict.fromkeys(sorted(members), self.node_id),
+            )
         if wanted:
             pipe.sadd(own, *sorted(wanted))
         for entry in sorted(stale):
@@ -694,7 +776,7 @@ class RedisHub(Hub):
         pipe.execute()
 
     def _flush_presence(self) -> None:
-        """Write the joins and leaves noted since the last flush, as the registry is now.
+        """Write the joins and leaves noted since the last flush, as the members are now.
 
         One flush at a time, each taking what was noted before it started:
         a leave and the join that follows it reach Redis in that order.
@@ -705,21 +787,20 @@ class RedisHub(Hub):
             self._write_dirty_presence()
 
     def _write_dirty_presence(self) -> None:
-        if not self._dirty:
-            return
         assert self._client is not None
-        batch, self._dirty = self._dirty, {}
-        members: Dict[str, Set[str]] = {}
+        with self._lock:
+            if not self._dirty:
+                return
+            batch, self._dirty = self._dirty, {}
+            present = {(room, cid) for room, cid in batch if cid in self._members.get(room, ())}
         own = entries_key(self.prefix, self.node_id)
         pipe = self._client.pipeline(transaction=False)
         # Alive before the entries: others must not take them for a dead node's.
         pipe.set(alive_key(self.prefix, self.node_id), 1, px=self._ttl_ms())
         pipe.sadd(nodes_key(self.prefix), self.node_id)
         for room, connection_id in batch:
-            if room not in members:
-                members[room] = set(self.registry.local_members(room))
             key = members_key(self.prefix, room)
-            if connection_id in members[room]:
+            if (room, connection_id) in present:
                 pipe.hset(key, connection_id, self.node_id)
                 pipe.sadd(own, _entry(connection_id, room))
             else:
@@ -728,8 +809,9 @@ class RedisHub(Hub):
         try:
             pipe.execute()
         except BaseException:
-            for item in batch:  # written again, as the registry will be then
-                self._dirty.setdefault(item)
+            with self._lock:
+                for item in batch:  # written again, as the members will be then
+                    self._dirty.setdefault(item)
             raise
 
     def _remove_own_presence(self) -> None:
@@ -744,13 +826,6 @@ class RedisHub(Hub):
         pipe.delete(own, alive_key(self.prefix, self.node_id))
         pipe.srem(nodes_key(self.prefix), self.node_id)
         pipe.execute()
-
-
-def _can_block() -> bool:
-    """False in gevent's event loop (a watcher or timer callback), where waiting is fatal."""
-    from gevent import get_hub, getcurrent
-
-    return bool(getcurrent() is not get_hub())
 
 
 def _is_connection_error(exc: BaseException) -> bool:

@@ -30,9 +30,11 @@ import pytest
 from tests.redis_server import REDIS_SERVER, RedisServer
 from tests.uwsgi_server import REPO_ROOT, free_port, run_python
 
-#: How a node process starts: patch first, then import anything.
+#: How a node process starts: patch first (unless told not to), then import anything.
 _BOOT = (
-    "from gevent import monkey; monkey.patch_all()\n"
+    "import json, sys\n"
+    "if json.loads(sys.argv[1])['patch']:\n"
+    "    from gevent import monkey; monkey.patch_all()\n"
     "from tests.hubs.test_redis_hub import node_main\n"
     "node_main()\n"
 )
@@ -46,9 +48,9 @@ def node_main() -> None:
     import _socket
     import base64
     import logging
-    import socket
 
     import gevent
+    import gevent.socket
     from gevent.fileobject import FileObjectPosix
     from websockets.datastructures import Headers
 
@@ -103,7 +105,7 @@ def node_main() -> None:
                         self.sock.sendall(out)
 
     def open_connection() -> str:
-        server, client = socket.socketpair()
+        server, client = gevent.socket.socketpair()  # cooperative, patched or not
         protocol = ServerProtocol()
         key = base64.b64encode(os.urandom(16)).decode()
         headers = Headers(
@@ -202,9 +204,11 @@ class NodeError(Exception):
 class NodeProcess:
     """A node process started by the test, and its log."""
 
-    def __init__(self, url: str, options: Dict[str, Any], log_path: Path) -> None:
+    def __init__(
+        self, url: str, options: Dict[str, Any], log_path: Path, patch: bool = True
+    ) -> None:
         self.log_path = log_path
-        config = json.dumps({"url": url, "options": options})
+        config = json.dumps({"url": url, "options": options, "patch": patch})
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", _BOOT, config],
@@ -313,9 +317,9 @@ def start_node(redis_server: RedisServer, app_name: str, tmp_path: Path) -> Iter
     """Start node processes of one app on the test's Redis; stop them after."""
     nodes: List[NodeProcess] = []
 
-    def start(label: str, **options: Any) -> NodeProcess:
+    def start(label: str, patch: bool = True, **options: Any) -> NodeProcess:
         options.setdefault("name", app_name)
-        node = NodeProcess(redis_server.url, options, tmp_path / f"node-{label}.log")
+        node = NodeProcess(redis_server.url, options, tmp_path / f"node-{label}.log", patch)
         nodes.append(node)
         return node
 
@@ -337,10 +341,12 @@ def redis_client(server: RedisServer) -> Any:
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("patch", [True, False], ids=["gevent-patched", "system-threads"])
 def test_broadcast_room_skip_and_send_to_arrive_exactly_once_across_nodes(
-    start_node: StartNode,
+    start_node: StartNode, patch: bool
 ) -> None:
-    a, b = start_node("a"), start_node("b")
+    """Also in a process gevent did not patch: the hub's Redis calls run in system threads."""
+    a, b = start_node("a", patch), start_node("b", patch)
     a1, a2 = a.call("open"), a.call("open")
     b1, b2 = b.call("open"), b.call("open")
     a.call("join", id=a1, room="r")
@@ -381,12 +387,13 @@ def test_broadcast_room_skip_and_send_to_arrive_exactly_once_across_nodes(
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("patch", [True, False], ids=["gevent-patched", "system-threads"])
 def test_presence_across_nodes_and_dead_nodes_drop_out(
-    start_node: StartNode, redis_server: RedisServer, app_name: str
+    start_node: StartNode, redis_server: RedisServer, app_name: str, patch: bool
 ) -> None:
     ttl = 1.0
-    a = start_node("a", presence_ttl=ttl)
-    b = start_node("b", presence_ttl=ttl)
+    a = start_node("a", patch, presence_ttl=ttl)
+    b = start_node("b", patch, presence_ttl=ttl)
     a1 = a.call("open")
     b1, b2, b3 = b.call("open"), b.call("open"), b.call("open")
     a.call("join", id=a1, room="p")
@@ -532,19 +539,24 @@ def test_hub_contract_on_redis(redis_server: RedisServer) -> None:
     assert " passed" in result.stdout
 
 
-def test_redis_hub_refuses_to_start_in_an_unpatched_process() -> None:
-    from flask_websocket.exceptions import ConfigurationError
-    from flask_websocket.hubs import create_hub
+def test_a_redis_hub_that_cannot_connect_says_so_and_delivers_locally() -> None:
+    """No Redis: start() does not hang, publish() delivers here and raises HubError."""
+    from flask_websocket.concurrency.gevent import GeventBackend
+    from flask_websocket.hubs import HubError, create_hub
     from flask_websocket.hubs.base import KIND_ALL, Envelope
     from flask_websocket.rooms import RoomRegistry
 
     registry = RoomRegistry()
-    hub = create_hub(f"redis://127.0.0.1:{free_port()}/0", registry, {"name": "x"})
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    hub = create_hub(url, registry, {"name": "x"}, GeventBackend())
     registry.hub = hub
-    with pytest.raises(ConfigurationError, match="--gevent-early-monkey-patch"):
+    try:
         hub.start()
-    with pytest.raises(ConfigurationError):  # still refused: start() is tried again
-        hub.publish(Envelope(KIND_ALL, 1, b"x"))
+        with pytest.raises(HubError, match="could not publish"):
+            hub.publish(Envelope(KIND_ALL, 1, b"x"))
+        assert not hub.connected  # type: ignore[attr-defined]
+    finally:
+        hub.stop()
 
 
 def test_emitter_works_without_gevent_installed() -> None:

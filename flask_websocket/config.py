@@ -1,0 +1,124 @@
+"""The ``WEBSOCKET_*`` configuration keys: their defaults, and the check of their values.
+
+Every key is read from ``app.config``; :data:`CONFIG_DEFAULTS` lists them all
+with their defaults (``init_app`` sets what the app did not). A value that
+cannot work raises :class:`~flask_websocket.exceptions.ConfigurationError`,
+whose message and ``key`` attribute name the key: at ``init_app``, and again
+when the first connection reads the configuration (an app may change it in
+between, as tests do).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+from typing import Any, Callable, Dict, Optional
+from urllib.parse import urlsplit
+
+from .connection import OVERFLOW_POLICIES
+from .exceptions import ConfigurationError
+
+__all__ = ["CONFIG_DEFAULTS", "HUB_SCHEMES", "OVERFLOW_POLICIES", "check_config", "option_error"]
+
+#: Every configuration key, with its default.
+CONFIG_DEFAULTS: Dict[str, Any] = {
+    "WEBSOCKET_MAX_MESSAGE_SIZE": 2**20,
+    "WEBSOCKET_PING_INTERVAL": 25.0,
+    "WEBSOCKET_PING_TIMEOUT": 20.0,
+    "WEBSOCKET_CLOSE_TIMEOUT": 5.0,
+    "WEBSOCKET_ALLOWED_ORIGINS": None,
+    "WEBSOCKET_RECEIVE_QUEUE_SIZE": 64,
+    "WEBSOCKET_SEND_QUEUE_SIZE": 2**20,
+    "WEBSOCKET_SEND_QUEUE_OVERFLOW": "disconnect",
+    "WEBSOCKET_HUB_URL": None,
+    "WEBSOCKET_HUB_OPTIONS": {},
+}
+
+#: URL schemes of ``WEBSOCKET_HUB_URL``.
+HUB_SCHEMES = ("memory", "local", "redis", "rediss", "unix")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _positive_number(value: Any) -> Optional[str]:
+    if not _is_number(value) or value <= 0:
+        return "a number of seconds above 0"
+    return None
+
+
+def _optional_positive_number(value: Any) -> Optional[str]:
+    return None if value is None else _positive_number(value)
+
+
+def _positive_int(value: Any) -> Optional[str]:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        return "a whole number above 0"
+    return None
+
+
+def _optional_positive_int(value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    problem = _positive_int(value)
+    return f"{problem}, or None for no limit" if problem else None
+
+
+def _origins(value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        return "a list of origins such as ['https://example.com'] (or None)"
+    if not all(origin is None or isinstance(origin, str) for origin in value):
+        return "a list of str origins (None in it allows requests without an Origin)"
+    return None
+
+
+def _overflow(value: Any) -> Optional[str]:
+    if value not in OVERFLOW_POLICIES:
+        return "one of " + ", ".join(repr(policy) for policy in OVERFLOW_POLICIES)
+    return None
+
+
+def _hub_url(value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    if not isinstance(value, str) or urlsplit(value).scheme not in HUB_SCHEMES:
+        return "memory://, local://, redis://host:port/db (or rediss://, unix://), or None"
+    return None
+
+
+def _hub_options(value: Any) -> Optional[str]:
+    if value is not None and not isinstance(value, Mapping):
+        return "a dict of the hub's options"
+    return None
+
+
+_CHECKS: Dict[str, Callable[[Any], Optional[str]]] = {
+    "WEBSOCKET_MAX_MESSAGE_SIZE": _optional_positive_int,
+    "WEBSOCKET_PING_INTERVAL": _optional_positive_number,
+    "WEBSOCKET_PING_TIMEOUT": _optional_positive_number,
+    "WEBSOCKET_CLOSE_TIMEOUT": _positive_number,
+    "WEBSOCKET_ALLOWED_ORIGINS": _origins,
+    "WEBSOCKET_RECEIVE_QUEUE_SIZE": _positive_int,
+    "WEBSOCKET_SEND_QUEUE_SIZE": _positive_int,
+    "WEBSOCKET_SEND_QUEUE_OVERFLOW": _overflow,
+    "WEBSOCKET_HUB_URL": _hub_url,
+    "WEBSOCKET_HUB_OPTIONS": _hub_options,
+}
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigurationError` for the first ``WEBSOCKET_*`` value that cannot work."""
+    for key, check in _CHECKS.items():
+        value = config.get(key, CONFIG_DEFAULTS[key])
+        problem = check(value)
+        if problem is not None:
+            raise ConfigurationError(f"{key} is {value!r}: use {problem}", key=key)
+
+
+def option_error(hub: str, option: str, value: Any, expected: str) -> ConfigurationError:
+    """The error for a bad hub option (a key of ``WEBSOCKET_HUB_OPTIONS``)."""
+    key = f"WEBSOCKET_HUB_OPTIONS[{option!r}]"
+    return ConfigurationError(f"{key} is {value!r}: the {hub} hub needs {expected}", key=key)
