@@ -19,10 +19,11 @@ from flask_websocket import CloseCode, ConnectionClosed
 from flask_websocket.testing import TestConnection, WebSocketTestClient
 
 
-@pytest.fixture
-def client() -> Iterator[WebSocketTestClient]:
-    """A test client for the chat app (its connections share the memory hub)."""
-    yield WebSocketTestClient(app, timeout=5.0)
+@pytest.fixture(params=["gevent", "threads"])
+def client(request: pytest.FixtureRequest) -> Iterator[WebSocketTestClient]:
+    """A test client for the chat app (its connections share the memory hub),
+    with the handlers under gevent, then under the threads backend."""
+    yield WebSocketTestClient(app, timeout=5.0, model=request.param)
 
 
 def receive_json(ws: TestConnection) -> Dict[str, Any]:

@@ -13,13 +13,19 @@ from flask_websocket import ConnectionClosed, WebSocket, WebSocketConnection
 from flask_websocket.testing import WebSocketTestClient
 
 
+@pytest.fixture(params=["gevent", "threads"])
+def model(request: pytest.FixtureRequest) -> str:
+    """Each test runs its handlers under gevent and under the threads backend."""
+    return str(request.param)
+
+
 def make_app(**config: Any) -> tuple[Flask, WebSocket]:
     app = Flask(__name__)
     app.config.update(config)
     return app, WebSocket(app)
 
 
-def test_send_waits_when_the_send_queue_is_full_and_loses_nothing() -> None:
+def test_send_waits_when_the_send_queue_is_full_and_loses_nothing(model: str) -> None:
     limit = 256 * 1024
     app, websocket = make_app(WEBSOCKET_SEND_QUEUE_SIZE=limit)
     message = b"x" * 65536
@@ -35,7 +41,7 @@ def test_send_waits_when_the_send_queue_is_full_and_loses_nothing() -> None:
         report["peak"] = peak
         ws.receive()
 
-    with WebSocketTestClient(app, timeout=10).connect("/flood") as ws:
+    with WebSocketTestClient(app, timeout=10, model=model).connect("/flood") as ws:
         time.sleep(0.2)  # let the sender run into the bound while nobody reads
         received = [ws.receive() for _ in range(count)]
         ws.send("done")
@@ -44,7 +50,7 @@ def test_send_waits_when_the_send_queue_is_full_and_loses_nothing() -> None:
     assert 0 < report["peak"] <= limit + len(message) + 4 + 10
 
 
-def test_reading_pauses_when_the_inbox_is_full() -> None:
+def test_reading_pauses_when_the_inbox_is_full(model: str) -> None:
     app, websocket = make_app(WEBSOCKET_RECEIVE_QUEUE_SIZE=4)
     sizes: List[int] = []
 
@@ -60,7 +66,7 @@ def test_reading_pauses_when_the_inbox_is_full() -> None:
             received += 1
         ws.send(f"received {received}")
 
-    with WebSocketTestClient(app, timeout=10).connect("/slow") as ws:
+    with WebSocketTestClient(app, timeout=10, model=model).connect("/slow") as ws:
         assert ws.receive() == "go"
         for _ in range(50):
             ws.send(b"y" * 65536)
@@ -68,7 +74,7 @@ def test_reading_pauses_when_the_inbox_is_full() -> None:
     assert max(sizes) <= 4 + 2  # one read may complete a couple of messages
 
 
-def test_close_gives_up_after_the_close_timeout_when_the_peer_is_silent() -> None:
+def test_close_gives_up_after_the_close_timeout_when_the_peer_is_silent(model: str) -> None:
     app, websocket = make_app(WEBSOCKET_CLOSE_TIMEOUT=0.2)
     timing: Dict[str, float] = {}
 
@@ -80,7 +86,7 @@ def test_close_gives_up_after_the_close_timeout_when_the_peer_is_silent() -> Non
         timing["close"] = time.monotonic() - start
         timing["closed"] = float(ws.closed)
 
-    ws = WebSocketTestClient(app, timeout=10).connect("/close")
+    ws = WebSocketTestClient(app, timeout=10, model=model).connect("/close")
     ws._run.finished.wait(10)  # the client never reads: no close frame comes back
     assert 0.15 <= timing["close"] < 3
     assert timing["closed"] == 1.0
@@ -90,7 +96,7 @@ def test_close_gives_up_after_the_close_timeout_when_the_peer_is_silent() -> Non
     ws.close()
 
 
-def test_keepalive_drops_a_peer_that_does_not_answer_pings() -> None:
+def test_keepalive_drops_a_peer_that_does_not_answer_pings(model: str) -> None:
     app, websocket = make_app(WEBSOCKET_PING_INTERVAL=0.1, WEBSOCKET_PING_TIMEOUT=0.1)
     seen: List[Any] = []
 
@@ -102,7 +108,7 @@ def test_keepalive_drops_a_peer_that_does_not_answer_pings() -> None:
         except ConnectionClosed as exc:
             seen.append((exc.code, exc.sent_code))
 
-    ws = WebSocketTestClient(app, timeout=10).connect("/idle")
+    ws = WebSocketTestClient(app, timeout=10, model=model).connect("/idle")
     ws._run.finished.wait(10)  # the client does not read, so it never pongs
     assert seen == [(1006, 1011)]
     with pytest.raises(ConnectionClosed) as info:
@@ -112,7 +118,7 @@ def test_keepalive_drops_a_peer_that_does_not_answer_pings() -> None:
     ws.close()
 
 
-def test_keepalive_keeps_a_responsive_peer() -> None:
+def test_keepalive_keeps_a_responsive_peer(model: str) -> None:
     app, websocket = make_app(WEBSOCKET_PING_INTERVAL=0.05, WEBSOCKET_PING_TIMEOUT=0.5)
 
     @websocket.route("/echo")
@@ -120,14 +126,14 @@ def test_keepalive_keeps_a_responsive_peer() -> None:
         for message in ws:
             ws.send(message)
 
-    with WebSocketTestClient(app, timeout=10).connect("/echo") as ws:
+    with WebSocketTestClient(app, timeout=10, model=model).connect("/echo") as ws:
         for i in range(10):  # the client answers pings while it reads
             ws.send(str(i))
             assert ws.receive() == str(i)
             time.sleep(0.03)
 
 
-def test_send_from_sharedarea_outside_uwsgi_says_what_to_do() -> None:
+def test_send_from_sharedarea_outside_uwsgi_says_what_to_do(model: str) -> None:
     app, websocket = make_app()
     errors: List[str] = []
 
@@ -139,13 +145,13 @@ def test_send_from_sharedarea_outside_uwsgi_says_what_to_do() -> None:
             errors.append(str(exc))
         ws.send("done")
 
-    with WebSocketTestClient(app).connect("/sa") as ws:
+    with WebSocketTestClient(app, model=model).connect("/sa") as ws:
         assert ws.receive() == "done"
     assert errors and "--sharedarea" in errors[0]
 
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "raise", "disconnect"])
-def test_send_nowait_applies_the_overflow_policy(policy: str) -> None:
+def test_send_nowait_applies_the_overflow_policy(policy: str, model: str) -> None:
     limit = 128 * 1024
     app, websocket = make_app(WEBSOCKET_SEND_QUEUE_SIZE=limit, WEBSOCKET_SEND_QUEUE_OVERFLOW=policy)
     count, size = 200, 16 * 1024  # 3 MiB: far more than the queue and the kernel hold
@@ -167,7 +173,7 @@ def test_send_nowait_applies_the_overflow_policy(policy: str) -> None:
             ws.send_nowait("end")
             ws.receive(timeout=10)
 
-    client = WebSocketTestClient(app, timeout=10)
+    client = WebSocketTestClient(app, timeout=10, model=model)
     ws = client.connect("/burst")
     ws.send("go")
     deadline = time.monotonic() + 10
