@@ -69,9 +69,12 @@ def _origins(value: Any) -> Optional[str]:
     if value is None:
         return None
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        return "a list of origins such as ['https://example.com'] (or None)"
-    if not all(origin is None or isinstance(origin, str) for origin in value):
-        return "a list of str origins (None in it allows requests without an Origin)"
+        return "a list of origins such as ['https://example.com'] (or None: this app's only)"
+    if not all(
+        origin is None or isinstance(origin, str) or hasattr(origin, "fullmatch")
+        for origin in value
+    ):
+        return "a list of str origins and compiled regular expressions (re.compile(...))"
     return None
 
 

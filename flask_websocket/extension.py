@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import hashlib
+import logging
 import os
 import re
 import sys
@@ -21,6 +22,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Type
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, has_app_context, request
+from websockets.exceptions import InvalidHeader
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from . import transport
@@ -37,10 +39,13 @@ from .connection import (
 from .exceptions import ConfigurationError, ConnectionClosed
 from .hubs import Hub, create_hub
 from .hubs.base import KIND_ALL, KIND_DIRECT, KIND_ROOM, Envelope, check_room
+from .origins import OriginPolicy
 from .protocol import ServerProtocol, encode_message, request_headers_from_environ
 from .rooms import RoomRegistry
 
 __all__ = ["CONFIG_DEFAULTS", "WebSocket", "default_hub_name"]
+
+logger = logging.getLogger("flask_websocket")
 
 Handler = Callable[..., Any]
 H = TypeVar("H", bound=Handler)
@@ -50,6 +55,12 @@ H = TypeVar("H", bound=Handler)
 START_RESPONSE_KEY = "flask_websocket.start_response"
 
 EXTENSION_KEY = "websocket"
+
+_FORBIDDEN_ORIGIN = (
+    "Forbidden: this WebSocket does not accept connections from pages of that origin "
+    "(WEBSOCKET_ALLOWED_ORIGINS).\n"
+)
+_NEEDS_HTTP11 = "Bad request: a WebSocket upgrade needs HTTP/1.1 (RFC 6455, 4.1).\n"
 
 _NOT_AN_UPGRADE = (
     "This URL serves a WebSocket: expected a WebSocket upgrade request "
@@ -85,6 +96,7 @@ class _State:
         self._backend: Optional[Backend] = None
         self._hub: Optional[Hub] = None
         self._hub_pid = 0
+        self._origin_policy: Optional[OriginPolicy] = None
         # Threads: one backend and one hub per process, however many threads
         # see their first connection at once. Re-entrant: the hub needs the backend.
         self._hub_lock = thread_rlock()
@@ -108,6 +120,13 @@ class _State:
                 hub.stop()
             self._hub = None
             self._backend = backend
+
+    def origin_policy(self, config: Any) -> OriginPolicy:
+        """The Origin check, built from the config at the first connection."""
+        policy = self._origin_policy
+        if policy is None:
+            policy = self._origin_policy = OriginPolicy(config["WEBSOCKET_ALLOWED_ORIGINS"])
+        return policy
 
     @property
     def backend(self) -> Backend:
@@ -291,6 +310,12 @@ class WebSocket:
         for key, value in CONFIG_DEFAULTS.items():
             app.config.setdefault(key, value)
         check_config(app.config)
+        if "*" in (app.config["WEBSOCKET_ALLOWED_ORIGINS"] or ()):
+            logger.warning(
+                "WEBSOCKET_ALLOWED_ORIGINS allows any origin ('*'): any web page a user visits "
+                "can open this app's WebSockets with the user's cookies (cross-site WebSocket "
+                "hijacking). Keep it only if every connection authenticates with a token."
+            )
         model = transport.concurrency_model()
         if model is not None:  # at start, before the first connection meets it
             backend = backend_class(model)
@@ -485,15 +510,22 @@ def _open(route: _Route, state: _State, config: Any, environ: Dict[str, Any], me
     options = state.options.get(route)
     if options is None:  # once per route: config is read at the first connection
         options = state.options[route] = _options_for(route, config)
-    origins = config["WEBSOCKET_ALLOWED_ORIGINS"]
+    policy = state.origin_policy(config)
+    refusal = policy.refusal(environ)
+    if refusal is not None:
+        policy.log_refusal(environ, refusal)
+        return Response(_FORBIDDEN_ORIGIN, 403, {"Content-Type": "text/plain; charset=utf-8"})
+    if environ.get("SERVER_PROTOCOL", "HTTP/1.1") == "HTTP/1.0":
+        return Response(_NEEDS_HTTP11, 400, {"Content-Type": "text/plain; charset=utf-8"})
     protocol = ServerProtocol(
-        max_message_size=options.max_message_size,
-        subprotocols=route.subprotocols,
-        origins=list(origins) if origins is not None else None,
+        max_message_size=options.max_message_size, subprotocols=route.subprotocols
     )
-    handshake = protocol.accept(
-        method, environ.get("PATH_INFO", "/"), request_headers_from_environ(environ)
-    )
+    try:
+        headers = request_headers_from_environ(environ)
+        handshake = protocol.accept(method, environ.get("PATH_INFO", "/"), headers)
+    except InvalidHeader as exc:  # a control character in a header: the client's error
+        body = f"Bad request: invalid {exc.name} header.\n"  # not its value: no echo
+        return Response(body, 400, {"Content-Type": "text/plain; charset=utf-8"})
     if not handshake.accepted:
         return Response(handshake.body, handshake.status, handshake.headers)
     start_response = environ.get(START_RESPONSE_KEY)
@@ -521,8 +553,11 @@ def _run_handler(
         # A positional call when there are no view args keeps the C stack
         # (saved per idle connection by greenlet) a little shorter.
         result = route.handler(ws, **view_args) if view_args else route.handler(ws)
-    except ConnectionClosed:
-        pass  # the peer left: the normal end of most handlers
+    except ConnectionClosed as exc:
+        if not ws.accepted:  # lost while the 101 was being written: nothing to close
+            logger.debug("WebSocket client left during the handshake: %s", exc)
+            return state.upgraded_response_class()
+        # Otherwise the peer left: the normal end of most handlers.
     except HTTPException as exc:
         if not ws.accepted:
             raise  # a normal HTTP error: the upgrade never happened

@@ -15,7 +15,8 @@ import _socket
 import sys
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from .exceptions import ConfigurationError
+from .close_codes import CloseCode
+from .exceptions import ConfigurationError, ConnectionClosedError
 
 try:  # pragma: no cover - depends on the server
     import uwsgi as _uwsgi
@@ -318,8 +319,13 @@ def open_connection_socket(
         start_response("101 Switching Protocols", headers)
         fd = test_socket.fileno()
     elif _uwsgi is not None:
-        write = start_response("101 Switching Protocols", headers)
-        write(b"")  # a zero-length write flushes the headers and nothing else
+        try:
+            write = start_response("101 Switching Protocols", headers)
+            write(b"")  # a zero-length write flushes the headers and nothing else
+        except OSError as exc:  # the client hung up right after its request
+            raise ConnectionClosedError(
+                CloseCode.ABNORMAL_CLOSURE, f"connection lost during the handshake ({exc})"
+            ) from None
         fd = _uwsgi.connection_fd()
     else:
         raise ConfigurationError("Flask-WebSocket serves WebSockets only under uWSGI. " + _RUN_HINT)

@@ -645,3 +645,77 @@ def test_handshake_then_hang_up_at_once(server: UwsgiServer, guard: Guard) -> No
         ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         ws.close()
     guard.check()
+
+
+def _raw_exchange(port: int, request: bytes) -> bytes:
+    """Send ``request`` as is; everything the server answers until it closes (or 10 s)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT) as sock:
+        sock.sendall(request)
+        answer = b""
+        deadline = time.monotonic() + 10
+        while b"\r\n\r\n" not in answer and time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    "header", ["X-Junk: \x01", "Cookie: a=b\x7f", "User-Agent: tab\tis fine\x1f"]
+)
+def test_control_characters_in_a_header_are_the_clients_error(
+    server: UwsgiServer, guard: Guard, header: str
+) -> None:
+    """400, not a 500 with the app's traceback in the log."""
+    before = len(server.log())
+    key = base64.b64encode(os.urandom(16)).decode()
+    answer = _raw_exchange(server.port, handshake_request(server.port, "/echo", key, [header]))
+    assert answer.split(b"\r\n", 1)[0].split(b" ")[1] == b"400", answer[:300]
+    assert b"Switching Protocols" not in answer
+    new_log = server.log()[before:]
+    assert "Traceback" not in new_log and "ERROR in app" not in new_log, new_log
+    guard.check()
+
+
+def test_an_http_10_upgrade_is_refused(server: UwsgiServer, guard: Guard) -> None:
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = handshake_request(server.port, "/echo", key).replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+    answer = _raw_exchange(server.port, request)
+    assert answer.split(b"\r\n", 1)[0].split(b" ")[1] == b"400", answer[:300]
+    assert b"HTTP/1.1" in answer.partition(b"\r\n\r\n")[2]  # the body says why
+    guard.check()
+
+
+def test_a_reset_right_after_the_upgrade_request_leaves_no_traceback(
+    server: UwsgiServer, guard: Guard
+) -> None:
+    before = len(server.log())
+    key = base64.b64encode(os.urandom(16)).decode()
+    for _ in range(200):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=READ_TIMEOUT) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.sendall(handshake_request(server.port, "/echo", key))
+    time.sleep(0.5)  # the worker has met every one of them
+    new_log = server.log()[before:]
+    assert "Traceback" not in new_log and "ERROR" not in new_log, new_log[-3000:]
+    guard.check()
+
+
+def test_a_cross_site_handshake_with_the_users_cookie_is_refused(
+    server: UwsgiServer, guard: Guard
+) -> None:
+    """Cross-site WebSocket hijacking: a page elsewhere opens the socket with the cookie."""
+    before = len(server.log())
+    key = base64.b64encode(os.urandom(16)).decode()
+    extra = ["Origin: http://evil.example", "Cookie: session=stolen-by-the-browser"]
+    answer = _raw_exchange(server.port, handshake_request(server.port, "/echo", key, extra))
+    assert answer.split(b"\r\n", 1)[0].split(b" ")[1] == b"403", answer[:300]
+    assert "refused a WebSocket handshake to /echo from origin 'http://evil.example'" in (
+        server.log()[before:]
+    )
+    # The app's own pages still connect (the same origin), as do non-browsers.
+    own = [f"Origin: http://127.0.0.1:{server.port}"]
+    answer = _raw_exchange(server.port, handshake_request(server.port, "/echo", key, own))
+    assert b" 101 " in answer.split(b"\r\n", 1)[0], answer[:300]
+    guard.check()
