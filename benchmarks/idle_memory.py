@@ -157,9 +157,9 @@ async def measure(server: bl.Server, args) -> dict:
         await asyncio.wait_for(t.wait_disconnected(), 5)
     except asyncio.TimeoutError:
         t.disconnect(graceful=False)
+    await asyncio.sleep(0.5)  # a forced disconnect (server kept TCP open) lands here
     state.closing = False
     state.dropped = 0
-    await asyncio.sleep(0.5)
 
     before, stable_before, _ = await wait_stable(server, args.settle_timeout)
     out["before"] = before

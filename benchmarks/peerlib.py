@@ -217,7 +217,15 @@ def _socketio_factory(factory):
         cls = type(listener)
         sio_cls = _SIO_CLASSES.get(cls)
         if sio_cls is None:
-            sio_cls = _SIO_CLASSES[cls] = type(f"SocketIO{cls.__name__}", (_SocketIOMixin, cls), {})
+            # call the wrapped listener's own callbacks only: picows' base
+            # class checks the transport's type, and ours is a proxy
+            own = {
+                name: any(name in vars(k) for k in cls.__mro__ if k.__module__ != "picows.picows")
+                for name in ("on_ws_connected", "on_ws_disconnected")
+            }
+            sio_cls = _SIO_CLASSES[cls] = type(
+                f"SocketIO{cls.__name__}", (_SocketIOMixin, cls), {"_sio_own": own}
+            )
         listener.__class__ = sio_cls
         return listener
 
@@ -235,7 +243,8 @@ class _SocketIOMixin:
         self.sio = SocketIOTransport(transport)
         self.sio_ready = asyncio.get_running_loop().create_future()
         self._sio_attachment = False
-        super().on_ws_connected(self.sio)
+        if self._sio_own["on_ws_connected"]:
+            super().on_ws_connected(self.sio)
 
     def on_ws_frame(self, transport, frame):
         mt = frame.msg_type
@@ -271,7 +280,8 @@ class _SocketIOMixin:
     def on_ws_disconnected(self, transport):
         if not self.sio_ready.done():
             self.sio_ready.set_exception(ConnectionError("disconnected before Socket.IO connect"))
-        super().on_ws_disconnected(self.sio)
+        if self._sio_own["on_ws_disconnected"]:
+            super().on_ws_disconnected(self.sio)
 
 
 # ---------------------------------------------------------------------------
