@@ -566,21 +566,7 @@ async def run_client(server: bl.Server, args, processes: int, redis: RedisServer
     async def close_all(extra=()):
         st.closing = True
         transports = [t for t, _ in subs] + list(extra)
-        for t in transports:
-            if not t.is_disconnected:
-                t.send_close(picows.WSCloseCode.OK)
-        t0 = time.monotonic()
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(t.wait_disconnected() for t in transports)), args.close_timeout
-            )
-            out["close_clean"] = True
-        except asyncio.TimeoutError:
-            out["close_clean"] = False
-            out["not_closed_in_time"] = sum(1 for t in transports if not t.is_disconnected)
-            for t in transports:
-                t.disconnect(graceful=False)
-        out["close_seconds"] = time.monotonic() - t0
+        out.update(await bl.close_transports(transports, args.close_timeout))
 
     if opened["errors"]:
         await close_all()

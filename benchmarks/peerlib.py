@@ -137,12 +137,10 @@ class ProcessServer(bl.Server):
                     p.wait(timeout=5)
             return self.proc.returncode if self.proc else None
         finally:
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None
-            if self._log is not None:
-                self._log.close()
-                self._log = None
+            for f in (self._sock, self._log):
+                if f is not None:
+                    f.close()
+            self._sock = self._log = None
 
     async def ws_connect(self, factory, path=None, **kwargs):
         if self.protocol != "socketio":
@@ -377,6 +375,20 @@ def _venv_script(name: str) -> str:
     return os.path.join(os.path.dirname(sys.executable), name)
 
 
+def _set_peer(name: str, label: str, docs: str, app: str, fanout: str) -> Peer:
+    """A peer without rooms: its one-worker fan-out is an app-kept set, no two-worker one."""
+    return Peer(
+        name,
+        label,
+        "peer",
+        "process",
+        docs,
+        command=("{python}", "-m", f"benchmarks.apps.{app}"),
+        fanout_note=f"{fanout} ({name} has no rooms)",
+        cannot={"fanout-2w": NO_HUB.format(name)},
+    )
+
+
 PEERS = {
     p.name: p
     for p in [
@@ -418,16 +430,13 @@ PEERS = {
             fanout_note="app-kept gevent queue per subscriber (no rooms in uWSGI's API)",
             cannot={"fanout-2w": NO_HUB.format("uWSGI's WebSocket API")},
         ),
-        Peer(
+        _set_peer(
             "flask-sock",
             "flask-sock (gevent)",
-            "peer",
-            "process",
             "flask-sock README (production: Gunicorn, Eventlet or gevent); gevent "
             "WSGIServer as in Flask's 'Deploying to Production: gevent'",
-            command=("{python}", "-m", "benchmarks.apps.flask_sock_app"),
-            fanout_note="app-kept set of connections (flask-sock has no rooms)",
-            cannot={"fanout-2w": NO_HUB.format("flask-sock")},
+            "flask_sock_app",
+            "app-kept set of connections",
         ),
         Peer(
             "flask-socketio",
@@ -457,26 +466,20 @@ PEERS = {
             ready_pattern=r"Listening on TCP address",
             hubs={"redis": {"BENCH_REDIS_URL": "{redis}"}},
         ),
-        Peer(
+        _set_peer(
             "websockets",
             "websockets (asyncio)",
-            "peer",
-            "process",
             "websockets 'Deploy' (one process per core) and 'Broadcasting' "
             "(websockets.asyncio.server.serve, broadcast())",
-            command=("{python}", "-m", "benchmarks.apps.websockets_app"),
-            fanout_note="broadcast() over an app-kept set (websockets has no rooms)",
-            cannot={"fanout-2w": NO_HUB.format("websockets")},
+            "websockets_app",
+            "broadcast() over an app-kept set",
         ),
-        Peer(
+        _set_peer(
             "gevent-websocket",
             "gevent-websocket",
-            "peer",
-            "process",
             "gevent-websocket README (gevent WSGIServer, handler_class=WebSocketHandler)",
-            command=("{python}", "-m", "benchmarks.apps.gevent_websocket_app"),
-            fanout_note="app-kept set of connections (gevent-websocket has no rooms)",
-            cannot={"fanout-2w": NO_HUB.format("gevent-websocket")},
+            "gevent_websocket_app",
+            "app-kept set of connections",
         ),
     ]
 }

@@ -53,6 +53,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from array import array
@@ -769,7 +770,7 @@ def parse_args(argv):
     ap.add_argument("--connect-connections", type=int, default=None, help="(1000)")
     ap.add_argument("--batch", type=int, default=50, help="handshakes in flight (50)")
     ap.add_argument("--open-timeout", type=float, default=600.0)
-    ap.add_argument("--close-timeout", type=float, default=None, help="(30 s)")
+    ap.add_argument("--close-timeout", type=float, default=None, help="(15 s)")
     ap.add_argument("--publish", action="store_true",
                     help="copy the tables and plots to docs/_static/benchmarks/")  # fmt: skip
     ap.add_argument("--from-json", default=None,
@@ -779,7 +780,7 @@ def parse_args(argv):
     defaults = {
         "rounds": 3, "duration": 5.0, "warmup": 1.0, "subscribers": "1000,10000",
         "broadcasts": 100, "idle_connections": 10000, "connect_connections": 1000,
-        "two_worker_subscribers": 1000, "drain_timeout": 60.0, "close_timeout": 30.0,
+        "two_worker_subscribers": 1000, "drain_timeout": 60.0, "close_timeout": 15.0,
     }  # fmt: skip
     for k, v in (QUICK if args.quick else {}).items():
         if getattr(args, k) is None or k in ("quiet_wait", "retry_noisy"):
@@ -813,6 +814,8 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every server started is stopped on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     scs = scenarios(args)
     if args.from_json:
         with open(args.from_json) as f:

@@ -40,3 +40,12 @@ def done(message) -> str:
 
     head = message[:8] if isinstance(message, str) else message[:8].decode("ascii", "replace")
     return f"done {head} {time.monotonic_ns()}"
+
+
+def send_to_all(members: set, message, closed: type) -> None:
+    """Send `message` to every connection in `members` (``.send``); drop those closed."""
+    for member in list(members):
+        try:
+            member.send(message)
+        except closed:
+            members.discard(member)

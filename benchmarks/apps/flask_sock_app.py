@@ -53,11 +53,7 @@ def pub(ws) -> None:
     ws.send(_peer.ready())
     while True:
         message = ws.receive()
-        for member in list(SUBSCRIBERS):
-            try:
-                member.send(message)
-            except ConnectionClosed:
-                SUBSCRIBERS.discard(member)
+        _peer.send_to_all(SUBSCRIBERS, message, ConnectionClosed)
         ws.send(_peer.done(message))
 
 

@@ -63,11 +63,7 @@ def publish(ws) -> None:
         message = ws.receive()
         if message is None:
             return
-        for member in list(SUBSCRIBERS):
-            try:
-                member.send(message)
-            except WebSocketError:
-                SUBSCRIBERS.discard(member)
+        _peer.send_to_all(SUBSCRIBERS, message, WebSocketError)
         ws.send(_peer.done(message))
 
 
