@@ -417,7 +417,9 @@ def summarize(runs: list[dict], plan: dict, scs: dict) -> dict:
             srows.append(entry)
         primary = sc.metrics[0]
         _ratios(srows, primary)
-        out[scenario] = {"title": sc.title, "rows": srows, "primary": primary.key}
+        out[scenario] = {
+            "title": sc.title, "rows": srows, "primary": primary.key, "better": primary.better,
+        }  # fmt: skip
     return out
 
 
@@ -517,6 +519,17 @@ def evaluate_targets(summary: dict) -> list[dict]:
             rv = med(raw, "kb_per_conn")
             add("idle: at or below raw uWSGI's RSS per connection", v <= rv,
                 f"{v:.1f} vs {rv:.1f} KB/conn")  # fmt: skip
+    # every scenario where a peer is ahead on the first column: what to profile
+    for scenario, s in summary.items():
+        o = next((e for e in s["rows"] if e["row"].startswith(OURS) and e.get("metrics")), None)
+        r = o and o.get("vs_best_peer")
+        if not r:
+            continue
+        better = s.get("better", "high")
+        behind = r < 1 if better == "high" else r > 1
+        if behind:
+            add(f"{scenario}: a peer is ahead ({s['primary']})", False,
+                f"{o['best_peer']}; ours / best peer = {r:.2f}", [o["best_peer"]])  # fmt: skip
     return out
 
 
@@ -613,7 +626,7 @@ def render_md(blocks: list[tuple], title: str) -> str:
     out = [f"# {title}", ""]
     for b in blocks:
         if b[0] == "h":
-            out += [f"## {b[1]}", ""]
+            out += ([""] if out[-1] else []) + [f"## {b[1]}", ""]
         elif b[0] == "p":
             out += [b[1], ""]
         elif b[0] == "li":
@@ -823,6 +836,9 @@ def main(argv=None) -> int:
         saved = SimpleNamespace(**{**vars(args), **data["args"]})
         saved.subscribers = data["args"]["subscribers"]
         scs = scenarios(saved)
+        for scenario, summ in data["summary"].items():  # runs made before "better" was saved
+            summ.setdefault("better", scs[scenario].metrics[0].better)
+        data["targets"] = evaluate_targets(data["summary"])
         for path in write_outputs(data, scs, args.publish):
             print(f"written: {bl.relpath(path)}")
         return 0
