@@ -727,6 +727,9 @@ def write_outputs(data: dict, scs: dict, publish: bool) -> list[str]:
     written.append(md)
     if publish:
         os.makedirs(PUBLISH_DIR, exist_ok=True)
+        for old in os.listdir(PUBLISH_DIR):  # a plot of a scenario not in this run
+            if old.startswith("peers-") and old.endswith(".png"):
+                os.remove(os.path.join(PUBLISH_DIR, old))
         pub_images = {k: f"peers-{k}.png" for k in images}
         for k, name in images.items():
             shutil.copyfile(
