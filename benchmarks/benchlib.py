@@ -179,6 +179,9 @@ class Server:
     # Another copy of the code (an older commit exported by hub_burst.py):
     # first on PYTHONPATH and the working directory, instead of REPO_ROOT.
     code_root: str | None = None
+    # taskset core list instead of SERVER_CORE (peers.py: "0,1" for two
+    # workers on the two cores).
+    cores: str | None = None
 
     @property
     def module(self) -> str:
@@ -190,7 +193,21 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"ws://{HOST}:{self.port}{self.path}"
+        return self.ws_url(self.path)
+
+    def ws_url(self, path: str) -> str:
+        return f"ws://{HOST}:{self.port}{path}"
+
+    async def ws_connect(self, factory: Callable, path: str | None = None, **kwargs):
+        """picows.ws_connect(factory, URL of `path` (default: self.path), **kwargs).
+
+        The one place the clients open a connection, so a server speaking
+        another protocol over WebSocket (peerlib.ProcessServer with
+        Socket.IO) can wrap the listener and the transport.
+        """
+        import picows
+
+        return await picows.ws_connect(factory, self.ws_url(path or self.path), **kwargs)
 
     def start(self) -> None:
         self.port = free_port()
@@ -199,7 +216,9 @@ class Server:
             args = self.argv_builder(self.port)
         else:
             args = uwsgi_command(self.module, self.port, self.mode, self.gevent, self.model_args)
-        self.argv = ["taskset", "-c", str(SERVER_CORE), uwsgi, *args, *self.extra_args]
+        self.argv = [
+            "taskset", "-c", self.cores or str(SERVER_CORE), uwsgi, *args, *self.extra_args
+        ]  # fmt: skip
         env = dict(os.environ)
         env.update(self.extra_env)
         root = self.code_root or REPO_ROOT
@@ -537,6 +556,64 @@ def code_changed_warning(runs: list[dict], entries=CODE_UNDER_TEST) -> str | Non
         f"(code fingerprints {', '.join(prints)}): runs mixed versions; re-run for "
         "comparable figures."
     )
+
+
+def cpu_snapshot(server) -> dict:
+    """CPU counters of a server, this client and the machine, for cpu_window()."""
+    return {
+        "t": time.monotonic(),
+        "worker_cpu": server.worker_cpu(),
+        "router_cpu": server.router_cpu(),
+        "master_cpu": server.master_cpu(),
+        "client_cpu": process_cpu_self(),
+        "machine_busy": machine_busy_cpu(),
+        "core_idle": core_idle_cpu(),
+    }
+
+
+def cpu_window(s: dict, e: dict, extra_cpu: float = 0.0) -> dict:
+    """What happened between two cpu_snapshot()s: seconds, CPU-seconds, utilisations.
+
+    ``other_cpu_util``: cores used by everything but the server, this client
+    and `extra_cpu` (e.g. a redis-server) - the noise indicator.
+    """
+    window = e["t"] - s["t"]
+    d = {k: e[k] - s[k] for k in ("worker_cpu", "router_cpu", "master_cpu", "client_cpu")}
+    other = e["machine_busy"] - s["machine_busy"] - sum(d.values()) - extra_cpu
+    per = (lambda x: x / window) if window > 0 else (lambda x: 0.0)
+    return {
+        "window_s": window,
+        "worker_cpu_s": d["worker_cpu"],
+        "master_cpu_s": d["master_cpu"],
+        "client_cpu_s": d["client_cpu"],
+        "worker_cpu_util": per(d["worker_cpu"]),
+        "client_cpu_util": per(d["client_cpu"]),
+        "other_cpu_util": max(0.0, per(other)),
+        "server_core_idle": core_idle_share(s["core_idle"], e["core_idle"], SERVER_CORE, window),
+    }
+
+
+async def close_transports(transports: list, timeout: float) -> dict:
+    """Close picows connections cleanly (bounded); force the ones left after `timeout` s."""
+    import picows
+
+    t0 = time.monotonic()
+    for t in transports:
+        if not t.is_disconnected:
+            t.send_close(picows.WSCloseCode.OK)
+    out: dict = {}
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(*(t.wait_disconnected() for t in transports)), timeout
+        )
+        out["close_clean"] = True
+    except asyncio.TimeoutError:
+        out["close_clean"] = False
+        out["not_closed_in_time"] = sum(1 for t in transports if not t.is_disconnected)
+        for t in transports:
+            t.disconnect(graceful=False)
+    out["close_seconds"] = time.monotonic() - t0
+    return out
 
 
 def timestamp() -> str:

@@ -458,10 +458,6 @@ def core_times(core: int) -> dict:
     return psutil.cpu_times(percpu=True)[core]._asdict()
 
 
-def ws_url(server: bl.Server, path: str) -> str:
-    return f"ws://{bl.HOST}:{server.port}{path}"
-
-
 async def open_subscribers(server: bl.Server, st: State, args, processes: int) -> dict:
     """Open N subscribers, each joined; spread evenly over `processes` workers."""
     sem = asyncio.Semaphore(args.batch)
@@ -471,13 +467,12 @@ async def open_subscribers(server: bl.Server, st: State, args, processes: int) -
     target = math.ceil(args.subscribers / processes)
     rebalanced = 0
     loop = asyncio.get_running_loop()
-    url = ws_url(server, "/sub")
 
     async def connect():
         transport, listener = await asyncio.wait_for(
-            picows.ws_connect(
+            server.ws_connect(
                 lambda: SubListener(st),
-                url,
+                "/sub",
                 websocket_handshake_timeout=CONNECT_TIMEOUT,
                 read_buffer_init_size=4096,
             ),
@@ -559,6 +554,8 @@ async def run_client(server: bl.Server, args, processes: int, redis: RedisServer
     st = State(args.subscribers, args.size)
     st.event = asyncio.Event()
     out: dict = {}
+    # peers.py gives servers that fall behind longer to deliver the last ones
+    drain_timeout = getattr(args, "drain_timeout", DRAIN_TIMEOUT)
 
     opened = await open_subscribers(server, st, args, processes)
     subs = opened["subs"]
@@ -569,21 +566,7 @@ async def run_client(server: bl.Server, args, processes: int, redis: RedisServer
     async def close_all(extra=()):
         st.closing = True
         transports = [t for t, _ in subs] + list(extra)
-        for t in transports:
-            if not t.is_disconnected:
-                t.send_close(picows.WSCloseCode.OK)
-        t0 = time.monotonic()
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(t.wait_disconnected() for t in transports)), args.close_timeout
-            )
-            out["close_clean"] = True
-        except asyncio.TimeoutError:
-            out["close_clean"] = False
-            out["not_closed_in_time"] = sum(1 for t in transports if not t.is_disconnected)
-            for t in transports:
-                t.disconnect(graceful=False)
-        out["close_seconds"] = time.monotonic() - t0
+        out.update(await bl.close_transports(transports, args.close_timeout))
 
     if opened["errors"]:
         await close_all()
@@ -594,9 +577,9 @@ async def run_client(server: bl.Server, args, processes: int, redis: RedisServer
         )
 
     pub_transport, _ = await asyncio.wait_for(
-        picows.ws_connect(
+        server.ws_connect(
             lambda: PubListener(st),
-            ws_url(server, "/pub"),
+            "/pub",
             websocket_handshake_timeout=CONNECT_TIMEOUT,
         ),
         CONNECT_TIMEOUT + 1,
@@ -752,7 +735,7 @@ async def run_client(server: bl.Server, args, processes: int, redis: RedisServer
             for _ in range(args.warmup_broadcasts):
                 st.send()
                 await asyncio.sleep(interval)
-            ok = await wait_completed(st.n_sent, DRAIN_TIMEOUT)
+            ok = await wait_completed(st.n_sent, drain_timeout)
             st.rec_lo = st.n_sent
             st.lat = new_lat()
             st.fanout = array("q")
@@ -776,7 +759,7 @@ async def run_client(server: bl.Server, args, processes: int, redis: RedisServer
             tick()
             await asyncio.wait_for(done, args.broadcasts * interval + 30)
             send_span = loop.time() - t0
-            drained = await wait_completed(st.n_sent, DRAIN_TIMEOUT)
+            drained = await wait_completed(st.n_sent, drain_timeout)
             e = snapshot()
             st.recording = False
             res = window_stats(s, e, st.win_count, st.lat)
@@ -853,7 +836,7 @@ async def run_client(server: bl.Server, args, processes: int, redis: RedisServer
                 if "s" not in marks:
                     begin()
                 end()
-            drained = await wait_completed(st.n_sent, DRAIN_TIMEOUT)
+            drained = await wait_completed(st.n_sent, drain_timeout)
             res = window_stats(marks["s"], marks["e"], st.win_count, st.lat)
             if res["window_s"] < 0.5 * args.duration and not stalled:
                 raise bl.ServerError(

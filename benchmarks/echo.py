@@ -63,8 +63,9 @@ def make_payloads(cid: int, size: int) -> list[bytes]:
 class Bench:
     """State shared by all connections of one run."""
 
-    def __init__(self, n_conns: int):
+    def __init__(self, n_conns: int, msg_type=TEXT):
         self.n_conns = n_conns
+        self.msg_type = msg_type  # what is sent and expected back: TEXT or BINARY
         self.running = False  # connections keep sending while True
         self.recording = False  # replies are counted while True
         self.closing = False
@@ -114,7 +115,7 @@ class EchoListener(picows.WSListener):
         self.waiting = True
         self.bench.in_flight += 1
         self.t_send = time.perf_counter_ns()
-        self.transport.send(TEXT, p)
+        self.transport.send(self.bench.msg_type, p)
 
     def on_ws_frame(self, transport, frame):
         now = time.perf_counter_ns()
@@ -128,7 +129,7 @@ class EchoListener(picows.WSListener):
                         f"{frame.get_close_code()} {frame.get_close_message()[:80]!r}"
                     )
             return
-        if mt is not TEXT and mt is not CONTINUATION:
+        if mt is not bench.msg_type and mt is not CONTINUATION:
             if mt is not picows.WSMsgType.PING and mt is not picows.WSMsgType.PONG:
                 bench.unexpected_frames += 1
             return
@@ -149,7 +150,7 @@ class EchoListener(picows.WSListener):
             return
         self.waiting = False
         bench.in_flight -= 1
-        if mt is not TEXT or data != self.expected:
+        if mt is not bench.msg_type or data != self.expected:
             bench.note_mismatch(self.expected, data, mt)
         if bench.recording:
             bench.count += 1
@@ -171,14 +172,15 @@ class EchoListener(picows.WSListener):
 
 async def run_client(server: bl.Server, args) -> dict:
     loop = asyncio.get_running_loop()
-    bench = Bench(args.connections)
+    # --binary is peers.py's "large" scenario (echo.py itself sends text)
+    binary = getattr(args, "binary", False)
+    bench = Bench(args.connections, picows.WSMsgType.BINARY if binary else TEXT)
     bench.drained = asyncio.Event()
 
     async def connect(cid):
         transport, listener = await asyncio.wait_for(
-            picows.ws_connect(
+            server.ws_connect(
                 lambda: EchoListener(bench, cid, args.size),
-                server.url,
                 websocket_handshake_timeout=CONNECT_TIMEOUT,
                 enable_auto_pong=True,
             ),

@@ -89,9 +89,8 @@ class IdleListener(picows.WSListener):
 async def open_connection(server: bl.Server, state: State, idx: int, echo: bool):
     loop = asyncio.get_running_loop()
     transport, listener = await asyncio.wait_for(
-        picows.ws_connect(
+        server.ws_connect(
             lambda: IdleListener(state),
-            server.url,
             websocket_handshake_timeout=CONNECT_TIMEOUT,
             read_buffer_init_size=2048,
         ),
@@ -158,9 +157,9 @@ async def measure(server: bl.Server, args) -> dict:
         await asyncio.wait_for(t.wait_disconnected(), 5)
     except asyncio.TimeoutError:
         t.disconnect(graceful=False)
+    await asyncio.sleep(0.5)  # a forced disconnect (server kept TCP open) lands here
     state.closing = False
     state.dropped = 0
-    await asyncio.sleep(0.5)
 
     before, stable_before, _ = await wait_stable(server, args.settle_timeout)
     out["before"] = before
@@ -204,22 +203,7 @@ async def measure(server: bl.Server, args) -> dict:
 
     # close everything cleanly
     state.closing = True
-    t_close = time.monotonic()
-    for t in transports:
-        if not t.is_disconnected:
-            t.send_close(picows.WSCloseCode.OK)
-    try:
-        await asyncio.wait_for(
-            asyncio.gather(*(t.wait_disconnected() for t in transports)),
-            args.close_timeout,
-        )
-        out["close_clean"] = True
-    except asyncio.TimeoutError:
-        out["close_clean"] = False
-        out["not_closed_in_time"] = sum(1 for t in transports if not t.is_disconnected)
-        for t in transports:
-            t.disconnect(graceful=False)
-    out["close_seconds"] = time.monotonic() - t_close
+    out.update(await bl.close_transports(transports, args.close_timeout))
     await asyncio.sleep(1.0)
     out["after_close"] = server.worker_memory()
 

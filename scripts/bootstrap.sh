@@ -42,6 +42,9 @@ stamp=.venv/.flask-websocket-installed
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ benchmarks/requirements.txt -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e ".[test,redis]"
+    # the load client, and the servers benchmarks/peers.py compares (its test
+    # tests/test_benchmark_peers.py starts each of them)
+    .venv/bin/python -m pip install -q -r benchmarks/requirements.txt
     touch "$stamp"
 fi
 # uWSGI with the asyncio and greenlet loop plugins (pip's build lacks them);
