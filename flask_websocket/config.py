@@ -32,6 +32,8 @@ CONFIG_DEFAULTS: Dict[str, Any] = {
     "WEBSOCKET_SEND_QUEUE_OVERFLOW": "disconnect",
     "WEBSOCKET_HUB_URL": None,
     "WEBSOCKET_HUB_OPTIONS": {},
+    "WEBSOCKET_MAX_CONNECTIONS": None,
+    "WEBSOCKET_MAX_CONNECTIONS_PER_IP": None,
 }
 
 #: URL schemes of ``WEBSOCKET_HUB_URL``.
@@ -62,7 +64,7 @@ def _optional_positive_int(value: Any) -> Optional[str]:
     if value is None:
         return None
     problem = _positive_int(value)
-    return f"{problem}, or None for no limit" if problem else None
+    return f"{problem}, or None" if problem else None
 
 
 def _origins(value: Any) -> Optional[str]:
@@ -109,6 +111,8 @@ _CHECKS: Dict[str, Callable[[Any], Optional[str]]] = {
     "WEBSOCKET_SEND_QUEUE_OVERFLOW": _overflow,
     "WEBSOCKET_HUB_URL": _hub_url,
     "WEBSOCKET_HUB_OPTIONS": _hub_options,
+    "WEBSOCKET_MAX_CONNECTIONS": _optional_positive_int,
+    "WEBSOCKET_MAX_CONNECTIONS_PER_IP": _optional_positive_int,
 }
 
 

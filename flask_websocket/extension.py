@@ -26,6 +26,7 @@ from websockets.exceptions import InvalidHeader
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from . import transport
+from .admission import RETRY_AFTER, Admission, default_limit
 from .close_codes import CloseCode
 from .concurrency import backend_class, backend_for_server
 from .concurrency.base import Backend
@@ -97,6 +98,7 @@ class _State:
         self._hub: Optional[Hub] = None
         self._hub_pid = 0
         self._origin_policy: Optional[OriginPolicy] = None
+        self._admission: Optional[Admission] = None
         # Threads: one backend and one hub per process, however many threads
         # see their first connection at once. Re-entrant: the hub needs the backend.
         self._hub_lock = thread_rlock()
@@ -120,6 +122,17 @@ class _State:
                 hub.stop()
             self._hub = None
             self._backend = backend
+
+    def admission(self, config: Any) -> Admission:
+        """The connection limits, built from the config at the first connection."""
+        admission = self._admission
+        if admission is None:
+            check_config(config)  # the app may have changed it since init_app
+            cores = transport.cores_per_worker()
+            limit = config["WEBSOCKET_MAX_CONNECTIONS"] or default_limit(cores)
+            per_ip = config["WEBSOCKET_MAX_CONNECTIONS_PER_IP"]
+            admission = self._admission = Admission(limit, per_ip, cores)
+        return admission
 
     def origin_policy(self, config: Any) -> OriginPolicy:
         """The Origin check, built from the config at the first connection."""
@@ -495,10 +508,20 @@ def _serve(route: _Route, view_args: Dict[str, Any]) -> Any:
         raise BadRequest(_NOT_AN_UPGRADE)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     state: _State = app.extensions[EXTENSION_KEY]
-    opened = _open(route, state, app.config, request.environ, request.method)
-    if not isinstance(opened, WebSocketConnection):
-        return opened  # the handshake was refused with an HTTP error
-    return _run_handler(route, opened, view_args, app, state)
+    environ = request.environ
+    admission = state.admission(app.config)
+    refusal = admission.admit(environ)
+    if refusal is not None:
+        status, text = refusal
+        headers = {"Content-Type": "text/plain; charset=utf-8", "Retry-After": str(RETRY_AFTER)}
+        return Response(text + "\n", status, headers)
+    try:
+        opened = _open(route, state, app.config, environ, request.method)
+        if not isinstance(opened, WebSocketConnection):
+            return opened  # the handshake was refused with an HTTP error
+        return _run_handler(route, opened, view_args, app, state)
+    finally:
+        admission.release(environ)
 
 
 def _open(route: _Route, state: _State, config: Any, environ: Dict[str, Any], method: str) -> Any:

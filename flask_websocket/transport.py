@@ -39,6 +39,7 @@ __all__ = [
     "StartResponse",
     "check_server",
     "concurrency_model",
+    "cores_per_worker",
     "current_connection_fd",
     "loop_engine",
     "open_connection_socket",
@@ -186,6 +187,25 @@ def concurrency_model() -> Optional[str]:
     if _int_option(options, "threads") > 1:
         return "threads"
     return "processes"
+
+
+def cores_per_worker() -> Optional[int]:
+    """How many requests one worker serves at once (uWSGI's cores), ``None`` outside uWSGI.
+
+    Each WebSocket holds a core for its whole life: past this many, uWSGI
+    stops accepting and a new client waits unanswered.
+    """
+    if _uwsgi is None:
+        return None
+    cores = getattr(_uwsgi, "cores", None)
+    if isinstance(cores, int) and cores > 0:
+        return cores
+    options = uwsgi_options()
+    for name in ("gevent", "asyncio", "async", "threads"):
+        value = _int_option(options, name)
+        if value > 0:
+            return value
+    return 1
 
 
 def threads_enabled() -> bool:

@@ -27,6 +27,8 @@ BAD_VALUES = [
     ("WEBSOCKET_SEND_QUEUE_OVERFLOW", "block"),
     ("WEBSOCKET_HUB_URL", "amqp://localhost"),
     ("WEBSOCKET_HUB_OPTIONS", ["name", "x"]),
+    ("WEBSOCKET_MAX_CONNECTIONS", 0),
+    ("WEBSOCKET_MAX_CONNECTIONS_PER_IP", "10"),
 ]
 
 
@@ -40,7 +42,7 @@ def test_a_bad_value_at_init_app_names_its_key(key: str, value: Any) -> None:
     assert str(caught.value).startswith(f"{key} is {value!r}: use ")
 
 
-@pytest.mark.parametrize(("key", "value"), BAD_VALUES[:10])
+@pytest.mark.parametrize(("key", "value"), BAD_VALUES[:10] + BAD_VALUES[12:])
 def test_a_bad_value_set_after_init_app_is_caught_at_the_first_connection(
     key: str, value: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -14,6 +14,7 @@ from flask_websocket import WebSocket, WebSocketConnection
 
 app = Flask(__name__)
 app.config["WEBSOCKET_PING_INTERVAL"] = None
+app.config.from_prefixed_env("FWS")  # FWS_WEBSOCKET_...=<json>: a test's own settings
 websocket = WebSocket(app)
 
 
