@@ -70,6 +70,13 @@ _NOT_AN_UPGRADE = (
     "Connect with a WebSocket client, e.g. new WebSocket(url) in a browser."
 )
 
+_NO_PINGS = (
+    "WEBSOCKET_PING_INTERVAL is %r: the server sends no pings, so an idle WebSocket "
+    "is closed by the first proxy whose idle timeout passes (nginx: proxy_read_timeout, "
+    "60 s by default; HAProxy: timeout tunnel; uWSGI's --http router: --http-timeout, "
+    "60 s by default). Set it to a number of seconds below those timeouts (default 25)."
+)
+
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: a key of _State.options
 class _Route:
@@ -270,6 +277,8 @@ class WebSocket:
     def init_app(self, app: Flask) -> None:
         """Set up ``app``: config defaults, middleware, routes, CLI commands.
 
+        Logs a warning when ``WEBSOCKET_PING_INTERVAL`` turns pings off.
+
         Raises:
             RuntimeError: Flask-WebSocket was already initialised on ``app``.
             ConfigurationError: uWSGI runs with flags that cannot serve WebSockets.
@@ -282,6 +291,8 @@ class WebSocket:
         transport.check_server()
         for key, value in CONFIG_DEFAULTS.items():
             app.config.setdefault(key, value)
+        if not app.config["WEBSOCKET_PING_INTERVAL"]:
+            app.logger.warning(_NO_PINGS, app.config["WEBSOCKET_PING_INTERVAL"])
         overflow = app.config["WEBSOCKET_SEND_QUEUE_OVERFLOW"]
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(
