@@ -503,6 +503,13 @@ def test_no_pings_warning_at_start(caplog: pytest.LogCaptureFixture) -> None:
             assert "--http-timeout" in messages[0]
 
 
+def test_no_pings_warning_is_the_one_the_docs_show() -> None:
+    from flask_websocket.extension import _NO_PINGS
+
+    page = " ".join((REPO_ROOT / "docs" / "deployment.rst").read_text().split())
+    assert " ".join((_NO_PINGS % (None,)).split()) in page
+
+
 # ---------------------------------------------------------------------------
 # The chat example in Chromium, over wss:// through each proxy
 
