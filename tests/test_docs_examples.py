@@ -12,6 +12,7 @@ in tests/test_deploy.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Dict, Iterator, List
 
@@ -323,20 +325,19 @@ def test_rooms_example_across_workers_and_from_a_flask_command(
                     return pid
         raise AssertionError(f"no worker holds the connection from port {port}")
 
-    # Two lobby members on different workers, so that what follows crosses the hub.
-    lobby = [open_ws("/chat/lobby")]
-    for _ in range(20):
-        lobby.append(open_ws("/chat/lobby"))
-        if worker_of(lobby[-1]) != worker_of(lobby[0]):
-            break
-        lobby.pop().close()
-    alice, bob = lobby[0], lobby[-1]
-    assert worker_of(alice) != worker_of(bob), "all connections landed on one worker"
+    with contextlib.ExitStack() as stack:
+        # Two lobby members on different workers, so that what follows crosses the hub.
+        lobby = [stack.enter_context(open_ws("/chat/lobby"))]
+        for _ in range(20):
+            lobby.append(stack.enter_context(open_ws("/chat/lobby")))
+            if worker_of(lobby[-1]) != worker_of(lobby[0]):
+                break
+            lobby.pop().close()
+        alice, bob = lobby[0], lobby[-1]
+        assert worker_of(alice) != worker_of(bob), "all connections landed on one worker"
+        carol = stack.enter_context(open_ws("/chat/kitchen"))
 
-    with alice, bob, open_ws("/chat/kitchen") as carol:
         # Presence counts the members of every worker.
-        import urllib.request
-
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         deadline = time.monotonic() + RECV_TIMEOUT
         members = None

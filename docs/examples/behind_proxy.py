@@ -16,7 +16,7 @@ app = Flask(__name__)
 # from the environment (the systemd unit's EnvironmentFile, docker run -e).
 app.config.from_prefixed_env()
 # One proxy in front, which sets X-Forwarded-For, -Proto and -Host: trust one
-# hop of each. (Behind two proxies, say HAProxy then nginx: 2.)
+# hop of each, no more (a client could then forge its own address).
 app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
 websocket = WebSocket(app)
 
