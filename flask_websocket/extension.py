@@ -69,6 +69,13 @@ _NOT_AN_UPGRADE = (
     "Connect with a WebSocket client, e.g. new WebSocket(url) in a browser."
 )
 
+_NO_PINGS = (
+    "WEBSOCKET_PING_INTERVAL is %r: the server sends no pings, so an idle WebSocket "
+    "is closed by the first proxy whose idle timeout passes (nginx: proxy_read_timeout, "
+    "60 s by default; HAProxy: timeout tunnel; uWSGI's --http router: --http-timeout, "
+    "60 s by default). Set it to a number of seconds below those timeouts (default 25)."
+)
+
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: a key of _State.options
 class _Route:
@@ -310,6 +317,8 @@ class WebSocket:
     def init_app(self, app: Flask) -> None:
         """Set up ``app``: config defaults, middleware, routes, CLI commands.
 
+        Logs a warning when ``WEBSOCKET_PING_INTERVAL`` turns pings off.
+
         Raises:
             RuntimeError: Flask-WebSocket was already initialised on ``app``.
             ConfigurationError: uWSGI runs with flags that cannot serve WebSockets.
@@ -323,6 +332,8 @@ class WebSocket:
         for key, value in CONFIG_DEFAULTS.items():
             app.config.setdefault(key, value)
         check_config(app.config)
+        if not app.config["WEBSOCKET_PING_INTERVAL"]:
+            app.logger.warning(_NO_PINGS, app.config["WEBSOCKET_PING_INTERVAL"])
         if "*" in (app.config["WEBSOCKET_ALLOWED_ORIGINS"] or ()):
             logger.warning(
                 "WEBSOCKET_ALLOWED_ORIGINS allows any origin ('*'): any web page a user visits "

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run every test (installs what it needs first): lint, types, unit tests,
-# real-uWSGI tests and the Autobahn|Testsuite conformance run.
+# Run every test (installs what it needs first): lint, types, the docs build,
+# unit tests, real-uWSGI tests and the Autobahn|Testsuite conformance run.
 #   scripts/test.sh [pytest options]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,9 +9,11 @@ scripts/install-autobahn.sh
 scripts/install-pypy-uwsgi.sh  # PyPy + uWSGI's PyPy plugin: the "continulets" model
 
 echo "== ruff"
-.venv/bin/ruff check flask_websocket tests examples benchmarks
+.venv/bin/ruff check flask_websocket tests examples benchmarks docs
 echo "== mypy --strict"
 .venv/bin/mypy
+echo "== docs (Sphinx, offline, warnings are errors)"
+scripts/docs.sh
 echo "== pytest"
 set +e
 .venv/bin/python -m pytest -p no:cacheprovider -rfEs "$@"
