@@ -375,3 +375,95 @@ def test_rooms_example_across_workers_and_from_a_flask_command(
         with pytest.raises(TimeoutError):
             alice.recv(timeout=0.3)
     assert server.crash_lines() == [], server.log()
+
+
+# ---------------------------------------------------------------------------
+# docs/examples/security.py (docs/security.rst)
+
+
+def _session_cookie(app: object) -> str:
+    response = app.test_client().post("/login/alice")  # type: ignore[attr-defined]
+    cookie = response.headers["Set-Cookie"].split(";", 1)[0]
+    assert cookie.startswith("session=")
+    return str(cookie)
+
+
+def test_security_example_in_process() -> None:
+    from docs.examples.security import app
+
+    client = WebSocketTestClient(app)
+    with pytest.raises(HandshakeRejected) as refused:
+        client.connect("/ws/notifications")
+    assert refused.value.status == 401  # no session: a plain 401, never a 101
+    cookie = _session_cookie(app)
+    with client.connect("/ws/notifications", headers={"Cookie": cookie}) as ws:
+        assert ws.receive() == "hello alice"
+        ws.send("hi")
+        assert ws.receive() == "alice said hi"
+    # The user's cookie from another site's page: refused by the Origin check.
+    with pytest.raises(HandshakeRejected) as refused:
+        client.connect(
+            "/ws/notifications", headers={"Cookie": cookie}, origin="https://evil.example"
+        )
+    assert refused.value.status == 403
+    with client.connect(
+        "/ws/notifications", headers={"Cookie": cookie}, origin="https://admin.example.com"
+    ) as ws:
+        assert ws.receive() == "hello alice"
+    with pytest.raises(HandshakeRejected) as refused:
+        client.connect("/ws/service", headers={"Authorization": "Bearer wrong"})
+    assert refused.value.status == 403
+    with client.connect("/ws/service", headers={"Authorization": "Bearer s3cret-token"}) as ws:
+        assert ws.receive() == "hello build-bot"
+
+
+def test_security_example_on_uwsgi(start_uwsgi: StartServer) -> None:
+    server = start_uwsgi("docs.examples.security:app", gevent=100)
+    request = urllib.request.Request(server.http_url("/login/alice"), method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        cookie = response.headers["Set-Cookie"].split(";", 1)[0]
+    from websockets.exceptions import InvalidStatus
+
+    with pytest.raises(InvalidStatus) as refused:
+        sync_connect(server.url("/ws/notifications"), open_timeout=10, proxy=None)
+    assert refused.value.response.status_code == 401
+    own_origin = f"http://127.0.0.1:{server.port}"
+    headers = {"Cookie": cookie}
+    with sync_connect(
+        server.url("/ws/notifications"), additional_headers=headers, origin=own_origin, proxy=None
+    ) as ws:
+        assert ws.recv(timeout=RECV_TIMEOUT) == "hello alice"
+    with pytest.raises(InvalidStatus) as refused:
+        sync_connect(
+            server.url("/ws/notifications"),
+            additional_headers=headers,
+            origin="http://evil.example",
+            proxy=None,
+        )
+    assert refused.value.response.status_code == 403
+    assert "refused a WebSocket handshake to /ws/notifications" in server.log()
+
+
+# ---------------------------------------------------------------------------
+# docs/examples/migrating.py (docs/migrating.rst)
+
+
+def test_migrated_socketio_chat() -> None:
+    from docs.examples.migrating import app
+
+    client = WebSocketTestClient(app)
+    with (
+        client.connect("/ws", query_string="nick=ann") as ann,
+        client.connect("/ws", query_string="nick=bob") as bob,
+    ):
+        ann.send(json.dumps({"type": "join", "room": "r"}))
+        bob.send(json.dumps({"type": "whoami"}))
+        you = json.loads(bob.receive())
+        assert you["type"] == "you" and you["nick"] == "bob"
+        bob.send(json.dumps({"type": "join", "room": "r"}))
+        assert json.loads(ann.receive()) == {"type": "joined", "nick": "bob"}
+        ann.send(json.dumps({"type": "say", "text": "hi"}))
+        said = {"type": "said", "nick": "ann", "text": "hi"}
+        assert json.loads(ann.receive()) == said and json.loads(bob.receive()) == said
+        bob.close()
+        assert json.loads(ann.receive()) == {"type": "left", "nick": "bob"}
