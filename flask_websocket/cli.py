@@ -110,7 +110,8 @@ def _uwsgi_target(info: ScriptInfo) -> str:
     "--http-socket",
     is_flag=True,
     help="Serve HTTP from the workers directly (no router process): fastest, "
-    "but no keep-alive or buffering in front of the app.",
+    "but no keep-alive or buffering in front of the app, and a client that sends "
+    "its request slowly holds a worker's core: run it behind a proxy.",
 )
 @click.option("--dry-run", is_flag=True, help="Print the uWSGI command line and exit.")
 @click.argument("uwsgi_args", nargs=-1, type=click.UNPROCESSED)
@@ -141,6 +142,13 @@ def run_command(
     if target.startswith("flask_websocket.wsgi"):
         printable = f"{APP_ENV}={shlex.quote(os.environ[APP_ENV])} {printable}"
     click.echo(f" * uWSGI: {printable}", err=True)
+    if http_socket:
+        click.echo(
+            " * --http-socket: each worker reads request heads itself, so a client that "
+            "sends its head slowly holds one of its cores. Put a proxy that bounds the "
+            "head's time in front (nginx's client_header_timeout; docs: security).",
+            err=True,
+        )
     if dry_run:
         return
     sys.stdout.flush()

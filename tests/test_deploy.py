@@ -221,6 +221,51 @@ def deployment(
 
 
 # ---------------------------------------------------------------------------
+# Slow request heads (slowloris)
+
+#: What deploy/'s proxies give a client to send its whole request head.
+HEAD_TIMEOUT = 10.0
+
+
+def test_slow_request_heads_are_cut_and_the_others_served(deployment: Deployment) -> None:
+    """300 clients drip their request head a byte a second: the proxy drops each within
+    its bound (10 s for the whole head), and a normal client connects meanwhile."""
+    slow_clients = 300
+    context = deployment.certificate.client_context()
+
+    async def drip() -> float:
+        """Drip until the proxy hangs up; the seconds it took (bounded)."""
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", deployment.port, ssl=context, server_hostname="127.0.0.1"
+        )
+        started = time.monotonic()
+        head = b"GET /ws/whoami HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"x" * 100
+        try:
+            for byte in head:  # bounded: the head is 140 bytes, one a second
+                writer.write(bytes([byte]))
+                await writer.drain()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    if not await asyncio.wait_for(reader.read(4096), 1.0):
+                        break  # end of stream: dropped
+        except (ConnectionError, OSError):
+            pass  # dropped hard
+        finally:
+            writer.close()
+        return time.monotonic() - started
+
+    async def scenario() -> List[float]:
+        tasks = [asyncio.create_task(drip()) for _ in range(slow_clients)]
+        await asyncio.sleep(2.0)  # every slow client holds its connection now
+        with await asyncio.to_thread(deployment.connect, "/ws/whoami") as ws:
+            assert json.loads(await asyncio.to_thread(ws.recv, RECV_TIMEOUT))["scheme"] == "https"
+        return list(await asyncio.gather(*tasks))
+
+    held = asyncio.run(scenario())
+    assert len(held) == slow_clients
+    assert max(held) < HEAD_TIMEOUT + 5, sorted(held)[-5:]  # dropped, none dripped to the end
+
+
+# ---------------------------------------------------------------------------
 # Messages and close codes through each proxy
 
 

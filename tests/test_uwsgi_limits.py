@@ -80,3 +80,32 @@ def test_an_explicit_limit_and_a_per_address_cap(start_uwsgi) -> None:
         for ws in held:
             ws.close()
     assert "with 429" in server.log() and "with 503" in server.log()
+
+
+def test_slow_request_heads_hold_no_worker_core_behind_the_router(start_uwsgi) -> None:
+    """`flask websocket run` puts uWSGI's router in front: 500 clients dripping their
+    request heads (more than the worker's 100 cores) lock nobody out."""
+    import asyncio
+
+    server = start_uwsgi(APP, mode="http", gevent=100)
+    slow = []
+    try:
+        for _ in range(500):  # bounded
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            slow.append(sock)
+        for sock in slow:  # a second drip each, so none is idle from the start
+            sock.sendall(b"X-Slow: 1\r\n")
+
+        async def normal_client() -> str:
+            from websockets.asyncio.client import connect as async_connect
+
+            async with async_connect(server.url("/echo"), open_timeout=10, proxy=None) as ws:
+                await ws.send("through")
+                return str(await asyncio.wait_for(ws.recv(), 10))
+
+        assert asyncio.run(normal_client()) == "through"  # within its 10 s open timeout
+    finally:
+        for sock in slow:
+            sock.close()
+    assert server.crash_lines() == []
