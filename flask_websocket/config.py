@@ -54,6 +54,12 @@ def _optional_positive_number(value: Any) -> Optional[str]:
     return None if value is None else _positive_number(value)
 
 
+def _optional_interval(value: Any) -> Optional[str]:
+    if value is None or (_is_number(value) and value >= 0):
+        return None
+    return "a number of seconds, or None (or 0) for none"
+
+
 def _positive_int(value: Any) -> Optional[str]:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         return "a whole number above 0"
@@ -102,7 +108,7 @@ def _hub_options(value: Any) -> Optional[str]:
 
 _CHECKS: Dict[str, Callable[[Any], Optional[str]]] = {
     "WEBSOCKET_MAX_MESSAGE_SIZE": _optional_positive_int,
-    "WEBSOCKET_PING_INTERVAL": _optional_positive_number,
+    "WEBSOCKET_PING_INTERVAL": _optional_interval,
     "WEBSOCKET_PING_TIMEOUT": _optional_positive_number,
     "WEBSOCKET_CLOSE_TIMEOUT": _positive_number,
     "WEBSOCKET_ALLOWED_ORIGINS": _origins,

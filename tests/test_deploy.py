@@ -227,9 +227,24 @@ def deployment(
 HEAD_TIMEOUT = 10.0
 
 
-def test_slow_request_heads_are_cut_and_the_others_served(deployment: Deployment) -> None:
+@pytest.mark.parametrize("kind", PROXIES)
+def test_slow_request_heads_are_cut_and_the_others_served(
+    kind: str, tmp_path: Path, certificate: Certificate
+) -> None:
     """300 clients drip their request head a byte a second: the proxy drops each within
-    its bound (10 s for the whole head), and a normal client connects meanwhile."""
+    its bound (10 s for the whole head), and a normal client connects meanwhile.
+
+    A deployment of its own: the other tests' proxy is not left with these clients.
+    """
+    deployment = deploy(tmp_path, kind, "tests.apps.proxied:app", certificate)
+    try:
+        _slow_heads(deployment)
+    finally:
+        deployment.stop()
+    assert deployment.problems() == [], deployment.uwsgi.log() + deployment.proxy.log()
+
+
+def _slow_heads(deployment: Deployment) -> None:
     slow_clients = 300
     context = deployment.certificate.client_context()
 
