@@ -41,7 +41,15 @@ from . import transport
 from .close_codes import CloseCode
 from .concurrency.base import Backend, Event, Timer, Wakeup, Watcher
 from .exceptions import ConnectionClosedOK, SendQueueFull
-from .protocol import OP_BINARY, OP_TEXT, Message, ServerProtocol, encode_frame, encode_message
+from .protocol import (
+    OP_BINARY,
+    OP_TEXT,
+    Message,
+    PongReceived,
+    ServerProtocol,
+    encode_frame,
+    encode_message,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .rooms import RoomRegistry
@@ -510,7 +518,7 @@ class WebSocketConnection:
         protocol = self._protocol
         try:
             if data:
-                messages = protocol.receive_data(data)
+                messages, events = protocol.receive(data)
                 if messages:
                     inbox = self._inbox
                     if inbox:
@@ -519,10 +527,12 @@ class WebSocketConnection:
                         inbox = self._inbox = messages  # a new list: adopt it
                     if len(inbox) >= self._options.receive_queue_size and protocol.open:
                         self._pause_reading()
-                if protocol.last_pong is not None:
-                    self._on_pong(protocol.last_pong)
-                    protocol.last_pong = None
-                if protocol.has_news():
+                for event in events:
+                    if isinstance(event, PongReceived):
+                        self._on_pong(event.payload)
+                # Pongs, a close frame's echo, EOF. (_flush_protocol also
+                # starts the close timer once the protocol left OPEN.)
+                if protocol.has_output() or not protocol.open:
                     self._flush_protocol()
             else:
                 protocol.receive_eof()
