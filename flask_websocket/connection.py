@@ -15,12 +15,17 @@ connection's send queue (:mod:`flask_websocket.sendqueue`, with its overflow
 policies) and is flushed by a write watcher. Any task may send. Keepalive
 pings are :mod:`flask_websocket.keepalive`'s; how a connection ends is the
 "Closing" section of :class:`WebSocketConnection`.
+
+:class:`GuardedConnection`, for the models whose event loop runs in another
+OS thread, is derived from :class:`WebSocketConnection` by wrapping every
+public method and property, so none can be left out.
 """
 
 from __future__ import annotations
 
 import _socket
 import functools
+import inspect
 import logging
 import os
 import time
@@ -759,43 +764,63 @@ class WebSocketConnection:
         self._inbox_wakeup.notify()
 
 
-def _guarded(method: Callable[..., _T]) -> Callable[..., _T]:
-    @functools.wraps(method)
+# ----------------------------------------------------------------------
+# The guarded connection
+
+#: Public names :func:`_guard_public_api` leaves alone, and why.
+UNGUARDED = {
+    "subprotocol": "a plain attribute, set in __init__ before any other task sees the "
+    "connection, never changed",
+}
+
+_C = TypeVar("_C", bound=type)
+
+
+def _guard(function: Callable[..., _T]) -> Callable[..., _T]:
+    @functools.wraps(function)
     def call_under_guard(self: WebSocketConnection, *args: Any, **kwargs: Any) -> _T:
         with self._backend.guard:
-            return method(self, *args, **kwargs)
+            return function(self, *args, **kwargs)
 
     return call_under_guard
 
 
+def _guard_public_api(cls: _C) -> _C:
+    """Make every public method and property of ``cls`` run holding ``backend.guard``.
+
+    Public: every name of ``dir(cls)`` without a leading underscore, so a
+    method added to :class:`WebSocketConnection` later is guarded without
+    anyone remembering to. A public member that cannot be wrapped (a
+    generator, a class attribute, a property with a setter) stops the import
+    with ``TypeError`` until it is handled and, if it needs no guard, listed
+    in :data:`UNGUARDED` with the reason. Dunders are left alone:
+    ``__iter__`` is a generator that calls the guarded :meth:`receive`, and
+    ``__repr__`` only reads. Properties are guarded too, even the atomic
+    reads: one rule, and ``id`` assigns on first read.
+    """
+    for name in dir(cls):
+        if name.startswith("_") or name in UNGUARDED:
+            continue
+        member = inspect.getattr_static(cls, name)
+        if isinstance(member, property) and member.fget is not None and member.fset is None:
+            setattr(cls, name, property(_guard(member.fget), doc=member.__doc__))
+        elif inspect.isfunction(member) and not inspect.isgeneratorfunction(member):
+            setattr(cls, name, _guard(member))
+        else:
+            raise TypeError(f"{cls.__name__}.{name}: cannot guard {member!r}")
+    return cls
+
+
+@_guard_public_api
 class GuardedConnection(WebSocketConnection):
     """A connection for models whose event loop runs in another OS thread.
 
-    Every call holds the backend's :attr:`~flask_websocket.concurrency.base.Backend.guard`
-    (released while the call sleeps), so handler threads, uWSGI async cores
-    and the loop thread take turns exactly as greenlets do under gevent.
+    Every public method and property holds the backend's
+    :attr:`~flask_websocket.concurrency.base.Backend.guard` (released while
+    the call sleeps), so handler threads, uWSGI async cores and the loop
+    thread take turns exactly as greenlets do under gevent. The wrapping is
+    derived from :class:`WebSocketConnection`'s public names (see
+    :func:`_guard_public_api`); only :data:`UNGUARDED` is left out.
     """
 
     __slots__ = ()
-
-    accept = _guarded(WebSocketConnection.accept)
-    join = _guarded(WebSocketConnection.join)
-    leave = _guarded(WebSocketConnection.leave)
-    receive = _guarded(WebSocketConnection.receive)
-    recv = receive
-    recv_nb = _guarded(WebSocketConnection.recv_nb)
-    send = _guarded(WebSocketConnection.send)
-    send_binary = _guarded(WebSocketConnection.send_binary)
-    send_from_sharedarea = _guarded(WebSocketConnection.send_from_sharedarea)
-    send_binary_from_sharedarea = _guarded(WebSocketConnection.send_binary_from_sharedarea)
-    send_nowait = _guarded(WebSocketConnection.send_nowait)
-    offer_frame = _guarded(WebSocketConnection.offer_frame)
-    send_frame = _guarded(WebSocketConnection.send_frame)
-    close = _guarded(WebSocketConnection.close)
-    finish = _guarded(WebSocketConnection.finish)
-
-    @property
-    def id(self) -> str:
-        """This connection's id, unique across every process and host of the app."""
-        with self._backend.guard:
-            return WebSocketConnection.id.fget(self)  # type: ignore[attr-defined,no-any-return]
