@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Run every test (installs what it needs first): lint, types, unit tests,
-# real-uWSGI tests and the Autobahn|Testsuite conformance run.
+# Run every test (installs what it needs first): lint, types, the protocol
+# and connection tests on the oldest websockets setup.cfg allows, then unit
+# tests, real-uWSGI tests and the Autobahn|Testsuite conformance run (on the
+# newest).
 #   scripts/test.sh [pytest options]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +14,8 @@ echo "== ruff"
 .venv/bin/ruff check flask_websocket tests examples benchmarks
 echo "== mypy --strict"
 .venv/bin/mypy
+echo "== pytest, oldest websockets of setup.cfg's range"
+scripts/test-websockets-oldest.sh
 echo "== pytest"
 set +e
 .venv/bin/python -m pytest -p no:cacheprovider -rfEs "$@"
