@@ -20,8 +20,8 @@ internal                                    what for
 ``StreamReader.at_eof``                     server's parser waits for an HTTP request uWSGI
                                             already read); fast path: the parser is parked
                                             between frames, in ``at_eof``, not inside one
-``Protocol.current_size`` (15: ``cur_size``) fast path and UTF-8 checks: inside a fragmented
-                                            message or not
+``Protocol.current_size``                   fast path and UTF-8 checks: inside a fragmented
+(15: ``cur_size``)                          message or not
 ``Protocol.max_message_size`` (15:          fast path: the size limit to enforce
 ``max_size``), ``max_fragment_size`` (17)
 ``Protocol.recv_frame()``                   a hook per parsed frame: UTF-8 checked frame by
