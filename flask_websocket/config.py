@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any, Callable, Dict, Optional
 from urllib.parse import urlsplit
 
-from .connection import OVERFLOW_POLICIES
+from .sendqueue import OVERFLOW_POLICIES
 from .exceptions import ConfigurationError
 
 __all__ = ["CONFIG_DEFAULTS", "HUB_SCHEMES", "OVERFLOW_POLICIES", "check_config", "option_error"]

@@ -4,34 +4,41 @@ The request's task (a greenlet under gevent) runs the handler. The socket is
 read by a watcher callback in the event loop, not by a task of its own: each
 time the socket is readable the callback reads what is there, feeds the
 protocol (which answers pings and close frames at once, even while the
-handler is busy), and appends complete messages to the connection's inbox,
+handler is busy), appends complete messages to the connection's inbox,
 which :meth:`WebSocketConnection.receive` and
-:meth:`WebSocketConnection.recv_nb` read.
+:meth:`WebSocketConnection.recv_nb` read, and acts on the protocol's events
+(:class:`~flask_websocket.protocol.PongReceived`,
+:class:`~flask_websocket.protocol.CloseStarted`).
 
 Writes try the socket at once; what the kernel does not take waits in the
-connection's send queue and is flushed by a write watcher. Any task may send.
+connection's send queue (:mod:`flask_websocket.sendqueue`, with its overflow
+policies) and is flushed by a write watcher. Any task may send. Keepalive
+pings are :mod:`flask_websocket.keepalive`'s; how a connection ends is the
+"Closing" section of :class:`WebSocketConnection`.
+
+:class:`GuardedConnection`, for the models whose event loop runs in another
+OS thread, is derived from :class:`WebSocketConnection` by wrapping every
+public method and property, so none can be left out.
 """
 
 from __future__ import annotations
 
 import _socket
-import contextlib
 import functools
+import inspect
 import logging
 import os
-import socket
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
     Any,
     Callable,
-    Deque,
     FrozenSet,
     Iterator,
     List,
     Optional,
+    Sequence,
     Set,
     TypeVar,
     Union,
@@ -40,8 +47,19 @@ from typing import (
 from . import transport
 from .close_codes import CloseCode
 from .concurrency.base import Backend, Event, Timer, Wakeup, Watcher
-from .exceptions import ConnectionClosedOK, SendQueueFull
-from .protocol import OP_BINARY, OP_TEXT, Message, ServerProtocol, encode_frame, encode_message
+from .exceptions import ConnectionClosedOK
+from .keepalive import Keepalive
+from .protocol import (
+    OP_BINARY,
+    OP_TEXT,
+    Message,
+    PongReceived,
+    ProtocolEvent,
+    ServerProtocol,
+    encode_frame,
+    encode_message,
+)
+from .sendqueue import OVERFLOW_POLICIES, SendQueue, shutdown_write
 
 if TYPE_CHECKING:  # pragma: no cover
     from .rooms import RoomRegistry
@@ -78,12 +96,6 @@ class ConnectionOptions:
     overflow: str = "disconnect"
 
 
-#: Overflow policies of the send queue, for sends that cannot wait (broadcast,
-#: ``send_to``, ``send_nowait``): drop the oldest queued messages, close the
-#: connection with 1013 (try again later), or raise :class:`SendQueueFull`.
-OVERFLOW_POLICIES = ("drop_oldest", "disconnect", "raise")
-
-
 class WebSocketConnection:
     """A WebSocket connection, as a handler sees it.
 
@@ -112,14 +124,12 @@ class WebSocketConnection:
         "_keepalive",
         "_opener",
         "_options",
-        "_ping_payload",
         "_protocol",
         "_read_paused",
         "_reader",
         "_registry",
         "_rooms",
         "_send_queue",
-        "_send_queue_bytes",
         "_sock",
         "_torn_down",
         "_writer",
@@ -145,12 +155,11 @@ class WebSocketConnection:
         # A plain list, None when empty: an idle connection keeps no buffer.
         self._inbox: Optional[List[Message]] = None
         self._inbox_wakeup: Wakeup = backend.wakeup()
-        self._send_queue: Optional[Deque[Union[bytes, memoryview]]] = None
-        self._send_queue_bytes = 0
+        # None while nothing waits to be written (see sendqueue.py).
+        self._send_queue: Optional[SendQueue] = None
         self._drained: Optional[Event] = None
         self._closed_event: Optional[Event] = None
-        self._keepalive: Optional[Timer] = None
-        self._ping_payload: Optional[bytes] = None
+        self._keepalive: Optional[Keepalive] = None
         self._close_timer: Optional[Timer] = None
         self._torn_down = False
         self._read_paused = False
@@ -164,7 +173,7 @@ class WebSocketConnection:
         self.subprotocol: Optional[str] = protocol.subprotocol
 
     # ------------------------------------------------------------------
-    # Public API
+    # State
 
     @property
     def accepted(self) -> bool:
@@ -176,24 +185,29 @@ class WebSocketConnection:
         """True once a close frame was sent or received, or the connection lost."""
         return self._torn_down or (self._opener is None and not self._protocol.open)
 
+    # The same for the connection's own calls: GuardedConnection wraps only
+    # public names, and internal calls hold the guard already.
+    _closed = closed
+
     @property
     def close_code(self) -> Optional[int]:
         """The peer's close code once closed (1006 if lost); ``None`` while open."""
-        if not self.closed:
+        if not self._closed:
             return None
         return self._protocol.closed_exception().code
 
     @property
     def close_reason(self) -> Optional[str]:
         """The peer's close reason once closed; ``None`` while open."""
-        if not self.closed:
+        if not self._closed:
             return None
         return self._protocol.closed_exception().reason
 
     @property
     def buffered_amount(self) -> int:
         """Bytes sent but not yet taken by the kernel (as the browser's ``bufferedAmount``)."""
-        return self._send_queue_bytes
+        queue = self._send_queue
+        return queue.size if queue is not None else 0
 
     def accept(self) -> None:
         """Send the ``101`` response now, if it was not sent yet.
@@ -214,7 +228,13 @@ class WebSocketConnection:
         if self._registry is not None:
             self._registry.add(self)
         if self._options.ping_interval:
-            self._keepalive = backend.call_later(self._options.ping_interval, self._on_keepalive)
+            self._keepalive = Keepalive(self, backend, self._options)
+            self._keepalive.start()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("open" if self._opener is None else "connecting")
+        name = f" {self._id}" if self._id is not None else ""
+        return f"<WebSocketConnection{name} {state}>"
 
     # ------------------------------------------------------------------
     # Identity and rooms
@@ -248,10 +268,11 @@ class WebSocketConnection:
         registry = self._require_registry()
         if self._opener is not None:
             self.accept()
-        if self.closed:
+        if self._closed:
             raise self._protocol.closed_exception()
         registry.join(self, room)
-        _ = self.id  # presence lists members by id: give it one now
+        if self._id is None:  # presence lists members by id: give it one now
+            self._id = registry.new_id(self)
         if self._rooms is None:
             self._rooms = set()
         self._rooms.add(room)
@@ -266,6 +287,9 @@ class WebSocketConnection:
         if self._registry is None:
             raise RuntimeError("rooms need a connection made by the WebSocket extension")
         return self._registry
+
+    # ------------------------------------------------------------------
+    # Receiving (the handler's side)
 
     def receive(self, timeout: Optional[float] = None) -> Optional[Message]:
         """Wait for the next message: ``str`` for text, ``bytes`` for binary.
@@ -282,12 +306,12 @@ class WebSocketConnection:
         while True:
             if self._inbox:
                 return self._pop_message()
-            if self.closed:
+            if self._closed:
                 raise self._protocol.closed_exception()
             if deadline is None:
                 self._inbox_wakeup.wait()
             elif not self._inbox_wakeup.wait(deadline - time.monotonic()) and not (
-                self._inbox or self.closed
+                self._inbox or self._closed
             ):
                 return None
 
@@ -308,9 +332,23 @@ class WebSocketConnection:
             self._on_readable()
         if self._inbox:
             return self._pop_message()
-        if self.closed:
+        if self._closed:
             raise self._protocol.closed_exception()
         return None
+
+    def __iter__(self) -> Iterator[Message]:
+        """Iterate over incoming messages until the peer closes normally.
+
+        Ends quietly on :class:`ConnectionClosedOK`; a
+        :class:`ConnectionClosedError` propagates.
+        """
+        try:
+            while True:
+                message = self.receive()
+                assert message is not None
+                yield message
+        except ConnectionClosedOK:
+            return
 
     def sleep(self, seconds: float) -> None:
         """Sleep ``seconds`` the way this server's model allows, letting other connections run.
@@ -321,6 +359,9 @@ class WebSocketConnection:
         whole gevent or async worker.
         """
         self._backend.sleep(seconds)
+
+    # ------------------------------------------------------------------
+    # Sending
 
     def send(self, message: Union[str, bytes, bytearray, memoryview]) -> None:
         """Send a message: ``str`` as a text frame, bytes-like as a binary frame.
@@ -381,7 +422,7 @@ class WebSocketConnection:
         frame = encode_frame(*encode_message(message, "send_nowait"))
         if self._opener is not None:
             self.accept()
-        if not self.offer_frame(frame) and self.closed:
+        if not self.offer_frame(frame) and self._closed:
             raise self._protocol.closed_exception()
 
     def offer_frame(self, frame: bytes) -> bool:
@@ -393,46 +434,23 @@ class WebSocketConnection:
         """
         if self._opener is not None or self._torn_down or not self._protocol.open:
             return False
-        queued = self._send_queue_bytes
-        if queued and queued + len(frame) > self._options.send_queue_size:
-            policy = self._options.overflow
-            if policy == "raise":
-                raise SendQueueFull(
-                    f"{queued} bytes are waiting for a slow peer "
-                    f"(WEBSOCKET_SEND_QUEUE_SIZE is {self._options.send_queue_size})"
-                )
-            if policy == "disconnect":
+        queue = self._send_queue
+        if queue is not None and queue.size:
+            limit = self._options.send_queue_size
+            queued = queue.size
+            if queued + len(frame) > limit and not queue.make_room(
+                len(frame), limit, self._options.overflow
+            ):
                 logger.warning(
                     "closing %r with 1013: send queue full (%d bytes waiting for a slow peer)",
                     self,
                     queued,
                 )
-                self._drop_queued_frames(everything=True)
-                self._protocol.fail(
-                    CloseCode.TRY_AGAIN_LATER, "send queue full: reading too slowly"
-                )
-                self._flush_protocol()
+                self._fail(CloseCode.TRY_AGAIN_LATER, "send queue full: reading too slowly")
                 self._inbox_wakeup.notify()
                 return False
-            self._drop_queued_frames(need=len(frame))
         self._write(frame)
         return True
-
-    def _drop_queued_frames(self, need: int = 0, everything: bool = False) -> None:
-        """Drop whole queued frames, oldest first, until ``need`` more bytes fit.
-
-        A frame partly written already (a memoryview at the head) is kept:
-        cutting it would corrupt the stream.
-        """
-        queue = self._send_queue
-        if not queue:
-            return
-        head = queue.popleft() if isinstance(queue[0], memoryview) else None
-        limit = self._options.send_queue_size
-        while queue and (everything or self._send_queue_bytes + need > limit):
-            self._send_queue_bytes -= len(queue.popleft())
-        if head is not None:
-            queue.appendleft(head)
 
     def send_frame(self, frame: bytes) -> None:
         """Write one already-serialised frame (see :func:`protocol.encode_frame`).
@@ -441,58 +459,12 @@ class WebSocketConnection:
         """
         if self._opener is not None:
             self.accept()
-        if self.closed:
+        if self._closed:
             raise self._protocol.closed_exception()
         self._write(frame)
-        if self._send_queue_bytes > self._options.send_queue_size:
+        queue = self._send_queue
+        if queue is not None and queue.size > self._options.send_queue_size:
             self._wait_for_drain()
-
-    def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
-        """Close the connection with ``code`` and ``reason``.
-
-        Waits (at most ``WEBSOCKET_CLOSE_TIMEOUT`` seconds) for the peer to
-        answer the close frame, then releases the socket. Does nothing if the
-        connection is already closed.
-        """
-        if self._opener is not None:
-            self.accept()
-        if self._torn_down:
-            return
-        if self._protocol.open:
-            self._protocol.send_close(code, reason)
-            self._flush_protocol()
-        self._wait_closed()
-
-    def __iter__(self) -> Iterator[Message]:
-        """Iterate over incoming messages until the peer closes normally.
-
-        Ends quietly on :class:`ConnectionClosedOK`; a
-        :class:`ConnectionClosedError` propagates.
-        """
-        try:
-            while True:
-                message = self.receive()
-                assert message is not None
-                yield message
-        except ConnectionClosedOK:
-            return
-
-    def __repr__(self) -> str:
-        state = "closed" if self.closed else ("open" if self.accepted else "connecting")
-        name = f" {self._id}" if self._id is not None else ""
-        return f"<WebSocketConnection{name} {state}>"
-
-    # ------------------------------------------------------------------
-    # Used by the extension once the handler is done
-
-    def finish(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
-        """Close (if still open) and release everything; never raises."""
-        try:
-            self.close(code, reason)
-        except Exception:  # pragma: no cover - defensive: the request must end
-            logger.exception("error while closing a WebSocket connection")
-        finally:
-            self._teardown()
 
     # ------------------------------------------------------------------
     # Reading (event loop side)
@@ -510,7 +482,7 @@ class WebSocketConnection:
         protocol = self._protocol
         try:
             if data:
-                messages = protocol.receive_data(data)
+                messages, events = protocol.receive(data)
                 if messages:
                     inbox = self._inbox
                     if inbox:
@@ -519,23 +491,29 @@ class WebSocketConnection:
                         inbox = self._inbox = messages  # a new list: adopt it
                     if len(inbox) >= self._options.receive_queue_size and protocol.open:
                         self._pause_reading()
-                if protocol.last_pong is not None:
-                    self._on_pong(protocol.last_pong)
-                    protocol.last_pong = None
-                if protocol.has_news():
+                if protocol.has_output():  # pongs, a close frame's echo, EOF
                     self._flush_protocol()
+                if events:
+                    self._on_protocol_events(events)
             else:
                 protocol.receive_eof()
                 self._stop_reading()
                 self._flush_protocol()
         except Exception:  # never let one connection's error reach the hub
             logger.exception("unexpected error reading a WebSocket connection; closing it")
-            protocol.fail(CloseCode.INTERNAL_ERROR, "internal error")
-            self._flush_protocol()
+            self._fail(CloseCode.INTERNAL_ERROR, "internal error")
         # Waking the handler comes last: under gevent it runs right away,
         # and may close the connection before this callback resumes.
         if self._inbox or not protocol.open or self._torn_down:
             self._inbox_wakeup.notify()
+
+    def _on_protocol_events(self, events: Sequence[ProtocolEvent]) -> None:
+        for event in events:
+            if isinstance(event, PongReceived):
+                if self._keepalive is not None:
+                    self._keepalive.pong(event.payload)
+            else:  # CloseStarted: the peer closed, or broke the protocol
+                self._start_closing()
 
     def _pop_message(self) -> Message:
         inbox = self._inbox
@@ -562,16 +540,16 @@ class WebSocketConnection:
             self._reader.stop()
 
     # ------------------------------------------------------------------
-    # Writing
+    # Writing (see sendqueue.py)
 
     def _write(self, data: Union[bytes, memoryview]) -> None:
         """Write now if nothing is queued, queue what the kernel did not take."""
         queue = self._send_queue
-        if not queue:
+        if queue is None:
             sock = self._sock
             assert sock is not None
             if not data:  # b"": end of stream
-                self._shutdown_write()
+                shutdown_write(sock)
                 return
             try:
                 sent = sock.send(data)
@@ -583,11 +561,9 @@ class WebSocketConnection:
             if sent == len(data):
                 return
             data = memoryview(data)[sent:]
-        if queue is None:
-            queue = self._send_queue = deque()
+            queue = self._send_queue = SendQueue()
         queue.append(data)
-        self._send_queue_bytes += len(data)
-        if self._send_queue_bytes > self._options.send_queue_size and not self._backlogged:
+        if queue.size > self._options.send_queue_size and not self._backlogged:
             self._backlogged = True
             if self._reader is not None:
                 self._reader.stop()
@@ -602,28 +578,16 @@ class WebSocketConnection:
         queue = self._send_queue
         if sock is None or self._torn_down or queue is None:
             return
-        while queue:
-            data = queue[0]
-            if not data:
-                queue.popleft()
-                self._shutdown_write()
-                continue
-            try:
-                sent = sock.send(data)
-            except _BlockingErrors:
-                break
-            except OSError:
-                self._connection_lost()
-                return
-            self._send_queue_bytes -= sent
-            if sent == len(data):
-                queue.popleft()
-            else:
-                queue[0] = memoryview(data)[sent:]
-                break
-        if not queue and self._writer is not None:
-            self._writer.stop()
-        if self._send_queue_bytes <= self._options.send_queue_size:
+        try:
+            emptied = queue.flush(sock)
+        except OSError:
+            self._connection_lost()
+            return
+        if emptied:
+            self._send_queue = None
+            if self._writer is not None:
+                self._writer.stop()
+        if queue.size <= self._options.send_queue_size:
             if self._backlogged:
                 self._backlogged = False
                 if self._reader is not None and not self._read_paused:
@@ -636,14 +600,19 @@ class WebSocketConnection:
             return  # the event loop never waits; the queue is flushed later
         if self._drained is None:
             self._drained = self._backend.event()
-        while self._send_queue_bytes > self._options.send_queue_size and not self._torn_down:
+        limit = self._options.send_queue_size
+        while not self._torn_down and self._queued_bytes() > limit:
             self._drained.clear()
             self._drained.wait()
-        if self._torn_down and self._send_queue_bytes:
+        if self._torn_down and self._queued_bytes():
             raise self._protocol.closed_exception()
 
+    def _queued_bytes(self) -> int:
+        queue = self._send_queue
+        return queue.size if queue is not None else 0
+
     def _flush_protocol(self) -> None:
-        """Write the control frames (and EOF) the protocol produced."""
+        """Write what the protocol produced (control frames, EOF); tear down once closed."""
         protocol = self._protocol
         for data in protocol.data_to_send():
             if self._torn_down:
@@ -651,58 +620,102 @@ class WebSocketConnection:
             self._write(data)
         if protocol.closed:
             self._teardown()
-        elif protocol.close_expected() and self._close_timer is None and not self._torn_down:
+
+    # ------------------------------------------------------------------
+    # Keepalive (the Keepalive's calls back, see keepalive.py)
+
+    def _send_keepalive_ping(self, payload: bytes) -> bool:
+        if self._torn_down or not self._protocol.open:
+            return False
+        self._protocol.send_ping(payload)
+        self._flush_protocol()
+        return not self._torn_down
+
+    def _keepalive_timed_out(self) -> None:
+        if self._torn_down or not self._protocol.open:
+            return
+        self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+        self._inbox_wakeup.notify()
+
+    def _cancel_keepalive(self) -> None:
+        keepalive = self._keepalive
+        if keepalive is not None:
+            self._keepalive = None
+            keepalive.cancel()
+
+    # ------------------------------------------------------------------
+    # Closing
+    #
+    # A connection ends in one of four ways, each ending in _teardown():
+    #
+    # * The handler calls close(), or returns (the extension calls finish()):
+    #   our close frame goes out, and close() waits for the peer's close
+    #   frame and EOF, close_timeout seconds at most (plus one, in case the
+    #   event loop is late).
+    # * The peer sends a close frame: the protocol echoes it, shuts our
+    #   write side (a server closes the TCP connection first) and reports
+    #   CloseStarted; the peer then has close_timeout seconds to close its
+    #   side (_start_closing).
+    # * We fail the connection (_fail): the peer broke the protocol (the
+    #   protocol reports CloseStarted), a pong did not come (1011), the send
+    #   queue overflowed under "disconnect" (1013), or a bug (1011). A close
+    #   frame with the code and EOF go out, then the same deadline.
+    # * The TCP connection is lost: EOF (the protocol is then closed), a
+    #   reset, a failed write (_connection_lost). Torn down at once.
+    #
+    # Keepalive pings stop as soon as the closing handshake starts. While
+    # closing, reading goes on (and discards) until EOF, so that the peer
+    # sees our close frame rather than a reset.
+
+    def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Close the connection with ``code`` and ``reason``.
+
+        Waits (at most ``WEBSOCKET_CLOSE_TIMEOUT`` seconds) for the peer to
+        answer the close frame, then releases the socket. Does nothing if the
+        connection is already closed.
+        """
+        if self._opener is not None:
+            self.accept()
+        if self._torn_down:
+            return
+        if self._protocol.open:
+            self._protocol.send_close(code, reason)
+            self._flush_protocol()
+            self._start_closing()
+        self._wait_closed()
+
+    def finish(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Close (if still open) and release everything; never raises.
+
+        The extension calls it once the handler is done.
+        """
+        try:
+            self.close(code, reason)
+        except Exception:  # pragma: no cover - defensive: the request must end
+            logger.exception("error while closing a WebSocket connection")
+        finally:
+            self._teardown()
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection from our side: close frame with ``code``, EOF, deadline.
+
+        Does not wake the handler: callers do, last.
+        """
+        self._protocol.fail(code, reason)
+        self._flush_protocol()
+        self._start_closing()
+
+    def _start_closing(self) -> None:
+        """The closing handshake started: stop pinging, give the peer close_timeout."""
+        self._cancel_keepalive()
+        if self._close_timer is None and not self._torn_down:
             self._close_timer = self._backend.call_later(
                 self._options.close_timeout, self._on_close_timeout
             )
-            self._cancel_keepalive()
-
-    def _shutdown_write(self) -> None:
-        sock = self._sock
-        if sock is None:
-            return
-        with contextlib.suppress(OSError):  # the peer may be gone already
-            sock.shutdown(socket.SHUT_WR)
-
-    # ------------------------------------------------------------------
-    # Keepalive and timeouts (event loop side)
-
-    def _on_keepalive(self) -> None:
-        self._keepalive = None
-        if self._torn_down or not self._protocol.open:
-            return
-        if self._ping_payload is not None:
-            self._protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
-            self._flush_protocol()
-            self._inbox_wakeup.notify()
-            return
-        self._ping_payload = os.urandom(4)
-        self._protocol.send_ping(self._ping_payload)
-        self._flush_protocol()
-        timeout = self._options.ping_timeout or self._options.ping_interval
-        assert timeout is not None
-        self._keepalive = self._backend.call_later(timeout, self._on_keepalive)
-
-    def _on_pong(self, payload: bytes) -> None:
-        if self._ping_payload is None or payload != self._ping_payload:
-            return  # unsolicited pong
-        self._ping_payload = None
-        self._cancel_keepalive()
-        interval = self._options.ping_interval
-        if interval and not self._torn_down:
-            self._keepalive = self._backend.call_later(interval, self._on_keepalive)
-
-    def _cancel_keepalive(self) -> None:
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            self._keepalive = None
 
     def _on_close_timeout(self) -> None:
         self._close_timer = None
         self._teardown()
-
-    # ------------------------------------------------------------------
-    # Closing
 
     def _wait_closed(self) -> None:
         """Wait until the protocol is closed or the close timeout tears it down."""
@@ -742,7 +755,6 @@ class WebSocketConnection:
         self._send_queue = None
         if self._registry is not None:
             self._registry.remove(self)
-        self._send_queue_bytes = 0
         if self._sock is not None:
             transport.release_socket(self._sock)  # the server closes the fd
         if self._drained is not None:
@@ -752,43 +764,63 @@ class WebSocketConnection:
         self._inbox_wakeup.notify()
 
 
-def _guarded(method: Callable[..., _T]) -> Callable[..., _T]:
-    @functools.wraps(method)
+# ----------------------------------------------------------------------
+# The guarded connection
+
+#: Public names :func:`_guard_public_api` leaves alone, and why.
+UNGUARDED = {
+    "subprotocol": "a plain attribute, set in __init__ before any other task sees the "
+    "connection, never changed",
+}
+
+_C = TypeVar("_C", bound=type)
+
+
+def _guard(function: Callable[..., _T]) -> Callable[..., _T]:
+    @functools.wraps(function)
     def call_under_guard(self: WebSocketConnection, *args: Any, **kwargs: Any) -> _T:
         with self._backend.guard:
-            return method(self, *args, **kwargs)
+            return function(self, *args, **kwargs)
 
     return call_under_guard
 
 
+def _guard_public_api(cls: _C) -> _C:
+    """Make every public method and property of ``cls`` run holding ``backend.guard``.
+
+    Public: every name of ``dir(cls)`` without a leading underscore, so a
+    method added to :class:`WebSocketConnection` later is guarded without
+    anyone remembering to. A public member that cannot be wrapped (a
+    generator, a class attribute, a property with a setter) stops the import
+    with ``TypeError`` until it is handled and, if it needs no guard, listed
+    in :data:`UNGUARDED` with the reason. Dunders are left alone:
+    ``__iter__`` is a generator that calls the guarded :meth:`receive`, and
+    ``__repr__`` only reads. Properties are guarded too, even the atomic
+    reads: one rule, and ``id`` assigns on first read.
+    """
+    for name in dir(cls):
+        if name.startswith("_") or name in UNGUARDED:
+            continue
+        member = inspect.getattr_static(cls, name)
+        if isinstance(member, property) and member.fget is not None and member.fset is None:
+            setattr(cls, name, property(_guard(member.fget), doc=member.__doc__))
+        elif inspect.isfunction(member) and not inspect.isgeneratorfunction(member):
+            setattr(cls, name, _guard(member))
+        else:
+            raise TypeError(f"{cls.__name__}.{name}: cannot guard {member!r}")
+    return cls
+
+
+@_guard_public_api
 class GuardedConnection(WebSocketConnection):
     """A connection for models whose event loop runs in another OS thread.
 
-    Every call holds the backend's :attr:`~flask_websocket.concurrency.base.Backend.guard`
-    (released while the call sleeps), so handler threads, uWSGI async cores
-    and the loop thread take turns exactly as greenlets do under gevent.
+    Every public method and property holds the backend's
+    :attr:`~flask_websocket.concurrency.base.Backend.guard` (released while
+    the call sleeps), so handler threads, uWSGI async cores and the loop
+    thread take turns exactly as greenlets do under gevent. The wrapping is
+    derived from :class:`WebSocketConnection`'s public names (see
+    :func:`_guard_public_api`); only :data:`UNGUARDED` is left out.
     """
 
     __slots__ = ()
-
-    accept = _guarded(WebSocketConnection.accept)
-    join = _guarded(WebSocketConnection.join)
-    leave = _guarded(WebSocketConnection.leave)
-    receive = _guarded(WebSocketConnection.receive)
-    recv = receive
-    recv_nb = _guarded(WebSocketConnection.recv_nb)
-    send = _guarded(WebSocketConnection.send)
-    send_binary = _guarded(WebSocketConnection.send_binary)
-    send_from_sharedarea = _guarded(WebSocketConnection.send_from_sharedarea)
-    send_binary_from_sharedarea = _guarded(WebSocketConnection.send_binary_from_sharedarea)
-    send_nowait = _guarded(WebSocketConnection.send_nowait)
-    offer_frame = _guarded(WebSocketConnection.offer_frame)
-    send_frame = _guarded(WebSocketConnection.send_frame)
-    close = _guarded(WebSocketConnection.close)
-    finish = _guarded(WebSocketConnection.finish)
-
-    @property
-    def id(self) -> str:
-        """This connection's id, unique across every process and host of the app."""
-        with self._backend.guard:
-            return WebSocketConnection.id.fget(self)  # type: ignore[attr-defined,no-any-return]

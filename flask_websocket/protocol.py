@@ -20,26 +20,34 @@ hands bytes out. ``connection.py`` does the I/O.
 from __future__ import annotations
 
 import codecs
-import dataclasses
 import logging
 import struct
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import TYPE_CHECKING, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 from websockets.datastructures import Headers
-from websockets.frames import Close, Frame, Opcode
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import Protocol as _WebsocketsProtocol
-from websockets.protocol import Side, State
-from websockets.server import ServerProtocol as _WebsocketsServerProtocol
-from websockets.streams import StreamReader
+from websockets.protocol import State
 
-try:  # websockets' C unmasking; its pure-Python twin where the C one is missing
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover
-    from websockets.utils import apply_mask
-
+from ._websockets_internals import (
+    REQUEST_HAS_METHOD,
+    ProtocolState,
+    ValidatingServerProtocol,
+    apply_mask,
+    open_client_protocol,
+    restart_parser,
+)
 from .close_codes import OK_CLOSE_CODES, CloseCode
 from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
 
@@ -49,8 +57,11 @@ __all__ = [
     "OP_PING",
     "OP_PONG",
     "OP_TEXT",
+    "CloseStarted",
     "HandshakeResponse",
     "Message",
+    "PongReceived",
+    "ProtocolEvent",
     "ServerProtocol",
     "encode_frame",
     "encode_message",
@@ -66,7 +77,6 @@ OP_CLOSE = 0x8
 OP_PING = 0x9
 OP_PONG = 0xA
 
-_AT_EOF_CODE = StreamReader.at_eof.__code__
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 _pack_short = struct.Struct("!BBH").pack
 _pack_long = struct.Struct("!BBQ").pack
@@ -75,19 +85,33 @@ _pack_long = struct.Struct("!BBQ").pack
 # job (or uWSGI's), so give it a logger of its own that users can tune.
 _protocol_logger = logging.getLogger("flask_websocket.protocol")
 
-# websockets 15 compatibility. Python 3.9 and 3.10 (so also PyPy 3.9, see
-# docs/pypy.rst) get websockets 15.0.1 at most; this module is written for 17
-# and tested with both. Two differences matter, each detected once, here:
-#
-# * 17 renamed the protocol's ``cur_size`` and ``max_size`` attributes to
-#   ``current_size`` and ``max_message_size``: on 15,
-#   :class:`_ValidatingServerProtocol` gets the 17 names as aliases (on 17 it
-#   gets nothing, so the hot path reads plain attributes as before).
-# * 17's ``Request`` has a ``method`` and ``accept`` answers anything but GET
-#   with 405; 15's has no method: :meth:`ServerProtocol.accept` gives the same
-#   405 itself.
-_NAMES_BEFORE_17 = not hasattr(_WebsocketsProtocol(Side.SERVER), "current_size")
-_REQUEST_HAS_METHOD = "method" in {f.name for f in dataclasses.fields(Request)}
+
+class PongReceived(NamedTuple):
+    """Event: a pong frame arrived (an answer to our ping, or unsolicited)."""
+
+    payload: bytes
+
+
+class CloseStarted(NamedTuple):
+    """Event: the closing handshake began while reading.
+
+    Either the peer sent a close frame (``by_peer``), which was echoed, or
+    what it sent broke the protocol and the connection was failed with
+    ``code``. Either way the close frame and the end of stream (``b""``)
+    wait in :meth:`MessageProtocol.data_to_send`, and the peer is expected
+    to close the TCP connection.
+    """
+
+    #: The code of the close frame sent (the echo, or the failure's code).
+    code: int
+    #: True when the peer sent a close frame first.
+    by_peer: bool
+
+
+#: What :meth:`MessageProtocol.receive` reports besides messages.
+ProtocolEvent = Union[PongReceived, CloseStarted]
+
+_NO_EVENTS: Tuple[ProtocolEvent, ...] = ()
 
 
 def encode_frame(opcode: int, payload: bytes) -> bytes:
@@ -149,56 +173,6 @@ def request_headers_from_environ(environ: Mapping[str, object]) -> Headers:
     return headers
 
 
-class _ValidatingServerProtocol(_WebsocketsServerProtocol):
-    """websockets' server protocol, with two changes to how frames are taken.
-
-    * Text is checked for valid UTF-8 as each frame is parsed, so that a bad
-      frame fails the connection (1007) before any frame after it is looked
-      at, exactly as the fast path in :class:`MessageProtocol` does.
-    * A close frame between fragments is a normal close: RFC 6455 (5.4)
-      allows control frames in the middle of a fragmented message, and a
-      close ends the connection, dropping the unfinished message.
-      websockets fails the connection with 1002 instead (Autobahn|Testsuite
-      case 7.1.5).
-    """
-
-    text_decoder: Optional[codecs.IncrementalDecoder] = None
-
-    if not TYPE_CHECKING and _NAMES_BEFORE_17:  # websockets 15: the names 17 uses
-
-        @property
-        def current_size(self):
-            return self.cur_size
-
-        @current_size.setter
-        def current_size(self, value):
-            self.cur_size = value
-
-        @property
-        def max_message_size(self):
-            return self.max_size
-
-    def recv_frame(self, frame: Frame) -> None:
-        opcode = frame.opcode
-        # (A text or continuation frame out of place is websockets' to
-        # reject as a protocol error, so only frames in place are decoded.)
-        if opcode is Opcode.TEXT and self.current_size is None:
-            if frame.fin:
-                bytes(frame.data).decode()  # raises UnicodeDecodeError: 1007
-            else:
-                self.text_decoder = _utf8_decoder()
-                self.text_decoder.decode(frame.data)
-        elif opcode is Opcode.CONT and self.current_size is not None:
-            if self.text_decoder is not None:
-                self.text_decoder.decode(frame.data, frame.fin)
-                if frame.fin:
-                    self.text_decoder = None
-        elif opcode is Opcode.CLOSE:
-            self.current_size = None
-            self.text_decoder = None
-        _WebsocketsProtocol.recv_frame(self, frame)
-
-
 @dataclass
 class _Reassembly:
     """A fragmented message being put back together."""
@@ -210,51 +184,33 @@ class _Reassembly:
     decoder: Optional[codecs.IncrementalDecoder] = None
 
 
-class MessageProtocol:
+class MessageProtocol(ProtocolState):
     """One side of a WebSocket connection after the handshake, without I/O.
 
-    Feed it bytes with :meth:`receive_data` and :meth:`receive_eof`; it
-    returns complete messages (``str`` or ``bytes``). Take what must be
+    Feed it bytes with :meth:`receive` (or :meth:`receive_data`) and
+    :meth:`receive_eof`; it returns complete messages (``str`` or
+    ``bytes``), and :meth:`receive` also the events a connection acts on:
+    :class:`PongReceived` and :class:`CloseStarted`. Take what must be
     written with :meth:`data_to_send`: a list of byte strings, where an empty
     one means "half-close the connection (shut down the write side)".
 
     Pings are answered, close frames echoed and protocol violations turned
-    into close frames with the right code, all inside :meth:`receive_data`.
+    into close frames with the right code, all inside :meth:`receive`.
+
+    ``open``, ``closed``, ``close_rcvd``, ``close_sent``, ``subprotocol`` and
+    :meth:`has_output` come from the base class, the one place that reads
+    websockets' internals (:mod:`flask_websocket._websockets_internals`).
     """
 
-    __slots__ = ("_fast_path", "_partial", "_ws", "last_pong")
+    __slots__ = ("_fast_path", "_partial")
 
-    def __init__(self, ws: _WebsocketsProtocol) -> None:
-        self._ws = ws
-        # Frames from clients are masked: the fast path reads only those. (It
-        # reads current_size and max_message_size, which websockets 15 names
-        # only on _ValidatingServerProtocol, the server side's class.)
-        self._fast_path = ws.side is Side.SERVER
+    def __init__(self, ws: _WebsocketsProtocol, fast_path: bool = False) -> None:
+        super().__init__(ws)
+        # Frames from clients are masked: the fast path reads only those.
+        self._fast_path = fast_path
         self._partial: Optional[_Reassembly] = None
-        #: Payload of the last pong received, or ``None``.
-        self.last_pong: Optional[bytes] = None
 
     # -- state ---------------------------------------------------------------
-
-    @property
-    def open(self) -> bool:
-        """True while messages can be sent: no close frame sent or received."""
-        return self._ws._state is State.OPEN  # the attribute: a property less per send
-
-    @property
-    def closed(self) -> bool:
-        """True once the connection is fully closed (EOF received)."""
-        return self._ws._state is State.CLOSED
-
-    @property
-    def close_rcvd(self) -> Optional[Close]:
-        """The close frame received from the peer, if any."""
-        return self._ws.close_rcvd
-
-    @property
-    def close_sent(self) -> Optional[Close]:
-        """The close frame sent to the peer, if any."""
-        return self._ws.close_sent
 
     def close_expected(self) -> bool:
         """True when the peer is expected to close the TCP connection soon."""
@@ -262,7 +218,7 @@ class MessageProtocol:
 
     def closed_exception(self) -> ConnectionClosed:
         """The exception that tells the handler how the connection ended."""
-        rcvd, sent = self._ws.close_rcvd, self._ws.close_sent
+        rcvd, sent = self.close_rcvd, self.close_sent
         sent_code = sent.code if sent is not None else None
         if rcvd is None:
             return ConnectionClosedError(CloseCode.ABNORMAL_CLOSURE, "", sent_code)
@@ -273,18 +229,37 @@ class MessageProtocol:
     # -- incoming ------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> List[Message]:
-        """Feed bytes read from the socket; return the messages they complete."""
+        """Feed bytes read from the socket; return the messages they complete.
+
+        The same as :meth:`receive`, for callers that need no events (a
+        client in tests).
+        """
+        return self.receive(data)[0]
+
+    def receive(self, data: bytes) -> Tuple[List[Message], Sequence[ProtocolEvent]]:
+        """Feed bytes read from the socket: the messages they complete, and events.
+
+        Events come in the order their frames came: a :class:`PongReceived`
+        per pong frame, and one :class:`CloseStarted` when the connection
+        leaves the OPEN state in this call (no messages come after it).
+        """
         messages: List[Message] = []
-        if self._fast_path and self._at_frame_boundary():
-            consumed = self._receive_simple_frames(data, messages)
-            if consumed == len(data) or not self.open:
-                return messages
-            data = data[consumed:]
+        if self._fast_path:
+            limit = self.simple_frame_limit()
+            if limit >= 0:
+                consumed = self._receive_simple_frames(data, messages, limit)
+                if consumed == len(data):
+                    return messages, _NO_EVENTS
+                if consumed < 0:  # invalid UTF-8: failed with 1007
+                    return messages, (self._close_started(),)
+                data = data[consumed:]
         ws = self._ws
+        was_open = self.open
         ws.receive_data(data)
+        events: List[ProtocolEvent] = []
         # Only frames once OPEN (no cast(): it would build List[Frame] per call).
-        events: List[Frame] = ws.events_received()  # type: ignore[assignment]
-        for frame in events:
+        frames: List[Frame] = ws.events_received()  # type: ignore[assignment]
+        for frame in frames:
             opcode = frame.opcode
             # Masked (client) frames come as bytes, unmasked ones as bytearray.
             data = frame.data if type(frame.data) is bytes else bytes(frame.data)
@@ -310,36 +285,35 @@ class MessageProtocol:
                 if frame.fin:
                     messages.append(self._finish_fragments())
             elif opcode is Opcode.PONG:
-                self.last_pong = data
+                events.append(PongReceived(data))
             elif opcode is Opcode.CLOSE:
                 self._partial = None  # an unfinished message is dropped
             # PING is answered and CLOSE echoed by the websockets layer.
-        return messages
+        if was_open and not self.open:
+            events.append(self._close_started())
+        return messages, events
 
-    def _at_frame_boundary(self) -> bool:
-        """True when the websockets parser holds no partial frame and is OPEN.
+    def _close_started(self) -> CloseStarted:
+        sent = self.close_sent
+        return CloseStarted(
+            sent.code if sent is not None else CloseCode.ABNORMAL_CLOSURE,
+            self.close_rcvd is not None,
+        )
 
-        Only then may :meth:`_receive_simple_frames` read frames itself: the
-        parser is parked in ``StreamReader.at_eof`` between frames.
-        """
-        ws = self._ws
-        if ws.reader.buffer or ws.current_size is not None or ws._state is not State.OPEN:
-            return False
-        waiting_in = ws.parser.gi_yieldfrom  # type: ignore[attr-defined]
-        return waiting_in is not None and waiting_in.gi_code is _AT_EOF_CODE
-
-    def _receive_simple_frames(self, data: bytes, messages: List[Message]) -> int:
+    def _receive_simple_frames(self, data: bytes, messages: List[Message], limit: int) -> int:
         """Read the common frames without the websockets parser; bytes consumed.
 
         Measured (benchmarks/echo.py) to be the largest cost per message, the
         generator-based parser is bypassed for the frames that need no state:
         final, masked text or binary frames with no RSV bits and a 7- or
-        16-bit length within the size limit. The first frame that is anything
-        else (control, fragment, 64-bit length, a violation) stops this loop,
-        and it and everything after it go through the websockets parser, which
-        validates them and answers with the right close code.
+        16-bit length within ``limit`` (see
+        :meth:`~flask_websocket._websockets_internals.ProtocolState.simple_frame_limit`).
+        The first frame that is anything else (control, fragment, 64-bit
+        length, a violation) stops this loop, and it and everything after it
+        go through the websockets parser, which validates them and answers
+        with the right close code. Returns -1 when invalid UTF-8 failed the
+        connection (the rest of ``data`` is discarded).
         """
-        max_size = self._ws.max_message_size
         end = len(data)
         position = 0
         while position + 6 <= end:
@@ -357,7 +331,7 @@ class MessageProtocol:
                 mask_at = position + 4
             else:
                 break
-            if max_size is not None and length > max_size:
+            if length > limit:
                 break
             payload_at = mask_at + 4
             frame_end = payload_at + length
@@ -370,15 +344,14 @@ class MessageProtocol:
                     messages.append(payload.decode())
                 except UnicodeDecodeError as exc:
                     self._fail_utf8(exc)
-                    return end  # failing discards the rest
+                    return -1  # failing discards the rest
             else:
                 messages.append(payload)
         return position
 
     def receive_eof(self) -> None:
         """Tell the protocol that the peer closed its side of the connection."""
-        if not self._ws.reader.eof:
-            self._ws.receive_eof()
+        self._ws.receive_eof()  # idempotent (websockets 15.0.1 and later)
 
     def _add_fragment(self, data: bytes, fin: bool) -> bool:
         partial = self._partial
@@ -420,14 +393,6 @@ class MessageProtocol:
         """Fail the connection: send a close frame (unless 1006), then EOF."""
         self._ws.fail(code, _truncate_reason(reason))
 
-    def has_news(self) -> bool:
-        """True when there is output to write or the state left OPEN.
-
-        A cheap check for the hot path, before :meth:`data_to_send`.
-        """
-        ws = self._ws
-        return bool(ws.writes) or ws._state is not State.OPEN
-
     def data_to_send(self) -> List[bytes]:
         """Bytes to write, in order; ``b""`` means half-close the connection."""
         return self._ws.data_to_send()
@@ -444,7 +409,9 @@ def _truncate_reason(reason: str) -> str:
 class ServerProtocol(MessageProtocol):
     """The server side: checks the opening handshake, then frames messages."""
 
-    __slots__ = ("_server",)
+    __slots__ = ()
+
+    _ws: ValidatingServerProtocol
 
     def __init__(
         self,
@@ -454,13 +421,13 @@ class ServerProtocol(MessageProtocol):
         origins: Optional[Sequence[Optional[str]]] = None,
         logger: Optional[logging.Logger] = None,
     ) -> None:
-        self._server = _ValidatingServerProtocol(
+        server = ValidatingServerProtocol(
             origins=origins,  # type: ignore[arg-type]
             subprotocols=subprotocols,  # type: ignore[arg-type]
             max_size=max_message_size,
             logger=logger or _protocol_logger,
         )
-        super().__init__(self._server)
+        super().__init__(server, fast_path=True)
 
     # -- opening handshake -------------------------------------------------
 
@@ -483,24 +450,21 @@ class ServerProtocol(MessageProtocol):
                 f"Failed to open a WebSocket connection: unsupported WebSocket version "
                 f"{version!r}; this server speaks version 13.\n".encode(),
             )
-        if _REQUEST_HAS_METHOD:
-            response = self._server.accept(Request(path, headers, method=method))
+        server = self._ws
+        if REQUEST_HAS_METHOD:
+            response = server.accept(Request(path, headers, method=method))
         elif method == "GET":
-            response = self._server.accept(Request(path, headers))
+            response = server.accept(Request(path, headers))
         else:  # websockets 15 does not check the method: answer as 17 does
-            response = self._server.reject(
+            response = server.reject(
                 HTTPStatus.METHOD_NOT_ALLOWED,
                 f"Failed to open a WebSocket connection: unsupported HTTP method: {method}.\n",
             )
             response.headers["Allow"] = "GET"
-        self._server.send_response(response)
-        self._server.data_to_send()  # the HTTP response is written by uWSGI, not us
+        server.send_response(response)
+        server.data_to_send()  # the HTTP response is written by uWSGI, not us
         if response.status_code == 101:
-            # The parser was started in CONNECTING state, waiting for an HTTP
-            # request that the server already parsed: restart it for frames.
-            # (The base class's parser: frames only, one generator less.)
-            self._server.parser = _WebsocketsProtocol.parse(self._server)
-            next(self._server.parser)
+            restart_parser(server)
         return HandshakeResponse(
             status=response.status_code,
             reason=response.reason_phrase,
@@ -512,11 +476,6 @@ class ServerProtocol(MessageProtocol):
             body=bytes(response.body or b""),
         )
 
-    @property
-    def subprotocol(self) -> Optional[str]:
-        """The subprotocol chosen in the handshake, or ``None``."""
-        return self._server.subprotocol
-
 
 class ClientProtocol(MessageProtocol):
     """The client side, already OPEN: masks what it sends (for tests and tools)."""
@@ -524,14 +483,10 @@ class ClientProtocol(MessageProtocol):
     __slots__ = ()
 
     def __init__(self, *, max_message_size: Optional[int] = None) -> None:
-        super().__init__(
-            _WebsocketsProtocol(
-                Side.CLIENT, state=State.OPEN, max_size=max_message_size, logger=_protocol_logger
-            )
-        )
+        super().__init__(open_client_protocol(max_message_size, _protocol_logger))
 
     def send_message(self, message: Message) -> None:
-        """Queue a text (``str``) or binary (bytes) message, masked."""
+        """Queue a text (``str``) or binary (``bytes``) message, masked."""
         if isinstance(message, str):
             self._ws.send_text(message.encode())
         else:

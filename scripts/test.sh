@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Run every test (installs what it needs first): lint, types, the docs build,
-# unit tests, real-uWSGI tests and the Autobahn|Testsuite conformance run.
+# the protocol and connection tests on the oldest websockets setup.cfg
+# allows, then unit tests, real-uWSGI tests and the Autobahn|Testsuite
+# conformance run (on the newest).
 #   scripts/test.sh [pytest options]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +16,8 @@ echo "== mypy --strict"
 .venv/bin/mypy
 echo "== docs (Sphinx, offline, warnings are errors)"
 scripts/docs.sh
+echo "== pytest, oldest websockets of setup.cfg's range"
+scripts/test-websockets-oldest.sh
 echo "== pytest"
 set +e
 .venv/bin/python -m pytest -p no:cacheprovider -rfEs "$@"

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import inspect
+import sys
 import time
-from typing import Any, Dict, List
+from types import CodeType, FrameType
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import gevent
 import pytest
 from flask import Flask
 
 from flask_websocket import ConnectionClosed, WebSocket, WebSocketConnection
+from flask_websocket.concurrency.base import Wakeup
+from flask_websocket.connection import (
+    UNGUARDED,
+    ConnectionOptions,
+    GuardedConnection,
+    _guard_public_api,
+)
+from flask_websocket.protocol import ServerProtocol
 from flask_websocket.testing import WebSocketTestClient
 
 
@@ -202,3 +213,163 @@ def test_send_nowait_applies_the_overflow_policy(policy: str, model: str) -> Non
         assert report["error"] in ("ConnectionClosedError", "ConnectionClosedOK")
         assert report["close"] == 1013
         assert received == list(range(len(received)))
+
+
+# -- GuardedConnection: every public member runs holding the backend's guard ---------
+
+
+class _CountingGuard:
+    """A guard that counts how deeply it is held."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+
+    def __enter__(self) -> None:
+        self.depth += 1
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.depth -= 1
+
+
+class _NullWakeup(Wakeup):
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        return True
+
+    def notify(self) -> None:
+        pass
+
+    @property
+    def waiting(self) -> bool:
+        return False
+
+
+class _GuardOnlyBackend:
+    """Just enough of a backend for a connection that is never accepted."""
+
+    def __init__(self) -> None:
+        self.guard = _CountingGuard()
+
+    def wakeup(self) -> Wakeup:
+        return _NullWakeup()
+
+    def sleep(self, seconds: float) -> None:
+        pass
+
+    def in_event_loop(self) -> bool:
+        return False
+
+
+def _no_socket() -> Any:
+    raise RuntimeError("no socket in this test")
+
+
+#: Arguments to call each public method with; every call ends early (the
+#: connection cannot be accepted), but only after its body started.
+_CALLS: Dict[str, Tuple[Any, ...]] = {
+    "accept": (),
+    "close": (),
+    "finish": (),
+    "join": ("room",),
+    "leave": ("room",),
+    "offer_frame": (b"\x81\x00",),
+    "receive": (0.0,),
+    "recv": (0.0,),
+    "recv_nb": (),
+    "send": ("text",),
+    "send_binary": (b"bytes",),
+    "send_binary_from_sharedarea": (0, 0),
+    "send_from_sharedarea": (0, 0),
+    "send_frame": (b"\x81\x00",),
+    "send_nowait": ("text",),
+    "sleep": (0.0,),
+}
+
+
+def _public_names(cls: type) -> List[str]:
+    return sorted(name for name in dir(cls) if not name.startswith("_"))
+
+
+def test_every_public_member_of_the_connection_runs_under_the_guard() -> None:
+    public = _public_names(WebSocketConnection)
+    handler_api = {"receive", "recv", "recv_nb", "send", "send_binary", "close", "closed"}
+    assert handler_api | {"send_from_sharedarea", "offer_frame", "id", "join"} <= set(public)
+    # The deliberate exceptions, each a plain attribute set once in __init__.
+    assert set(UNGUARDED) == {"subprotocol"}
+    for name in UNGUARDED:
+        assert (
+            type(inspect.getattr_static(WebSocketConnection, name)).__name__ == "member_descriptor"
+        )
+
+    backend = _GuardOnlyBackend()
+    connection = GuardedConnection(
+        ServerProtocol(),
+        backend,
+        ConnectionOptions(),
+        _no_socket,  # type: ignore[arg-type]
+    )
+    # The code each public name runs in the unguarded class: a method, or a property's getter.
+    code_of: Dict[str, CodeType] = {}
+    for name in public:
+        member = inspect.getattr_static(WebSocketConnection, name)
+        function = member.fget if isinstance(member, property) else member
+        if inspect.isfunction(function):
+            code_of[name] = function.__code__
+    assert set(public) - set(code_of) == set(UNGUARDED)
+    unknown = {
+        n
+        for n in code_of
+        if not isinstance(inspect.getattr_static(WebSocketConnection, n), property)
+    } - set(_CALLS)
+    assert not unknown, f"a new public method: add it to _CALLS to check it is guarded: {unknown}"
+
+    depths: Dict[CodeType, List[int]] = {code: [] for code in code_of.values()}
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code in depths:
+            depths[frame.f_code].append(backend.guard.depth)
+
+    for name, code in code_of.items():
+        depths[code].clear()
+        sys.setprofile(profile)
+        try:
+            member = getattr(connection, name)  # a property runs here
+            if callable(member) and name in _CALLS:
+                member(*_CALLS[name])
+        except Exception:
+            pass  # not accepted: the call ends early, after its body started
+        finally:
+            sys.setprofile(None)
+        assert depths[code], f"{name}: its body never ran"
+        assert min(depths[code]) >= 1, f"{name} ran without holding backend.guard"
+    assert backend.guard.depth == 0
+
+
+def test_the_plain_connection_is_not_guarded() -> None:
+    """gevent's connection pays nothing: its public members are not wrapped."""
+    for name in _public_names(WebSocketConnection):
+        member = inspect.getattr_static(WebSocketConnection, name)
+        function = member.fget if isinstance(member, property) else member
+        assert not hasattr(function, "__wrapped__"), name
+
+
+def test_a_public_method_added_later_is_guarded_too() -> None:
+    class Extended(WebSocketConnection):
+        __slots__ = ()
+
+        def shout(self) -> int:
+            return self._backend.guard.depth  # type: ignore[no-any-return]
+
+    guarded = _guard_public_api(type("GuardedExtended", (Extended,), {"__slots__": ()}))
+    connection = guarded(ServerProtocol(), _GuardOnlyBackend(), ConnectionOptions(), _no_socket)
+    assert connection.shout() == 1
+
+
+def test_a_public_member_that_cannot_be_guarded_stops_the_import() -> None:
+    class WithGenerator(WebSocketConnection):
+        __slots__ = ()
+
+        def messages(self) -> Iterator[int]:
+            yield 1
+
+    with pytest.raises(TypeError, match="messages: cannot guard"):
+        _guard_public_api(type("GuardedWithGenerator", (WithGenerator,), {"__slots__": ()}))

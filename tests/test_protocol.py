@@ -19,6 +19,8 @@ from flask_websocket.protocol import (
     OP_BINARY,
     OP_TEXT,
     ClientProtocol,
+    CloseStarted,
+    PongReceived,
     ServerProtocol,
     encode_frame,
     request_headers_from_environ,
@@ -221,10 +223,66 @@ def test_ping_answered_with_same_payload() -> None:
     assert pong.opcode is Opcode.PONG and pong.data == b"payload"
 
 
-def test_pong_recorded() -> None:
+# -- events: what the connection acts on besides messages --------------------------
+
+
+def test_data_frames_bring_no_events() -> None:
     server = open_server()
-    server.receive_data(client_frame(Opcode.PONG, b"1234"))
-    assert server.last_pong == b"1234"
+    data = client_frame(OP_TEXT, b"a") + client_frame(OP_BINARY, b"b")
+    assert server.receive(data) == (["a", b"b"], ())
+    assert server.receive(client_frame(OP_TEXT, b"c", fin=False)) == ([], [])
+
+
+def test_pongs_are_events_in_order() -> None:
+    server = open_server()
+    data = (
+        client_frame(Opcode.PONG, b"1234")
+        + client_frame(OP_TEXT, b"between")
+        + client_frame(Opcode.PONG, b"")
+    )
+    messages, events = server.receive(data)
+    assert messages == ["between"]
+    assert list(events) == [PongReceived(b"1234"), PongReceived(b"")]
+    assert not server.has_output()  # a pong is not answered
+
+
+def test_a_close_frame_starts_closing_once() -> None:
+    server = open_server()
+    messages, events = server.receive(
+        client_frame(OP_TEXT, b"last") + client_frame(Opcode.CLOSE, Close(1001, "").serialize())
+    )
+    assert messages == ["last"]
+    assert list(events) == [CloseStarted(1001, by_peer=True)]
+    assert server.has_output()  # the echo and EOF
+    assert server.data_to_send()[-1] == b""
+    # Whatever comes while closing is discarded, and reported no more.
+    assert server.receive(client_frame(Opcode.PONG, b"late")) == ([], [])
+
+
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (client_frame(OP_TEXT, b"\xff"), 1007),  # the fast path's own check
+        (client_frame(OP_TEXT, b"a", fin=False) + client_frame(OP_TEXT, b"b"), 1002),
+        (client_frame(OP_BINARY, b"x" * 11), 1009),
+    ],
+    ids=["invalid-utf8-fast-path", "interleaved-fragments", "too-big"],
+)
+def test_a_violation_starts_closing_with_its_code(data: bytes, code: int) -> None:
+    server = open_server(max_message_size=10)
+    messages, events = server.receive(data)
+    assert messages == []
+    assert list(events) == [CloseStarted(code, by_peer=False)]
+    assert close_code_sent(server) == code
+
+
+def test_closing_from_our_side_is_not_an_event() -> None:
+    server = open_server()
+    server.send_close(1000, "bye")
+    server.data_to_send()
+    _, events = server.receive(client_frame(Opcode.CLOSE, Close(1000, "bye").serialize()))
+    assert list(events) == []  # the connection started closing itself
+    assert server.data_to_send() == [b""]
 
 
 def test_close_is_echoed_and_reported_ok() -> None:
@@ -380,9 +438,12 @@ def _random_stream(rng: random.Random) -> bytes:
 
 def _feed(server: ServerProtocol, stream: bytes, cuts: List[int]) -> tuple:
     messages: List[object] = []
+    events: List[object] = []
     start = 0
     for cut in [*cuts, len(stream)]:
-        messages += server.receive_data(stream[start:cut])
+        new_messages, new_events = server.receive(stream[start:cut])
+        messages += new_messages
+        events += new_events
         start = cut
     frames = parse_server_frames(server.data_to_send())
     closes = [Close.parse(f.data) for f in frames if f.opcode is Opcode.CLOSE]
@@ -390,8 +451,8 @@ def _feed(server: ServerProtocol, stream: bytes, cuts: List[int]) -> tuple:
         # Once failing, the fast path stops at the bad frame; the websockets
         # parser has already answered pings that came after it. Compare what
         # matters then: messages before the failure and the close code.
-        return messages, closes[0].code, server.open
-    return messages, [(f.opcode, bytes(f.data)) for f in frames], server.open
+        return messages, events, closes[0].code, server.open
+    return messages, events, [(f.opcode, bytes(f.data)) for f in frames], server.open
 
 
 @pytest.mark.parametrize("seed", range(300))
