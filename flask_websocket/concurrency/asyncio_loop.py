@@ -12,6 +12,7 @@ one thread, so, as under gevent, nothing needs a lock.
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any, Callable, Optional
 
 import greenlet
@@ -132,6 +133,7 @@ class AsyncioBackend(Backend):
     def __init__(self, name: Optional[str] = None) -> None:
         super().__init__(name)
         self._loop = asyncio.get_event_loop()
+        self._thread = threading.get_ident()
 
     def watch_readable(self, fd: int, callback: Callable[[], None]) -> Watcher:
         return _LoopWatcher(self._loop, fd, False, callback)
@@ -164,3 +166,6 @@ class AsyncioBackend(Backend):
 
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
         self._loop.call_soon_threadsafe(callback)
+
+    def in_foreign_thread(self) -> bool:
+        return threading.get_ident() != self._thread

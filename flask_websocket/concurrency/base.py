@@ -202,6 +202,41 @@ class Backend(abc.ABC):
         """
         raise NotImplementedError(f"the {self.name} backend has no loop to call into")
 
+    def in_foreign_thread(self) -> bool:
+        """True in a system thread that is neither the loop's nor one of its tasks'.
+
+        There, connections and hubs must not be touched directly: hand the
+        work to the loop with :meth:`run_in_loop`. Backends whose every call
+        holds :attr:`guard` (threads, processes) take calls from any thread.
+        """
+        return False
+
+    def run_in_loop(self, function: Callable[..., Any], *args: Any) -> Any:
+        """From a foreign thread: run ``function(*args)`` as a task of this backend; its result.
+
+        The task may wait (a broadcast waits for other workers); this thread
+        waits for it, and exceptions are raised here.
+        """
+        from .blocking import thread_event
+
+        done = thread_event()
+        outcome: List[Any] = []
+
+        def task() -> None:
+            try:
+                outcome.append((True, function(*args)))
+            except BaseException as exc:  # handed to the caller's thread
+                outcome.append((False, exc))
+            finally:
+                done.set()
+
+        self.call_soon_threadsafe(lambda: self.spawn(task))
+        done.wait()
+        succeeded, value = outcome[0]
+        if not succeeded:
+            raise value
+        return value
+
     def run_blocking(self, function: Callable[..., Any], *args: Any) -> Any:
         """Call ``function(*args)``, which may block on I/O, and return its result.
 

@@ -20,6 +20,10 @@ from .base import Backend, Event, Timer, Wakeup, Watcher
 
 __all__ = ["GeventBackend"]
 
+#: The system thread's id, whatever gevent patched (its patched get_ident
+#: tells greenlets apart).
+_system_thread_id = monkey.get_original("_thread", "get_ident")
+
 _READ = 1
 _WRITE = 2
 _TIMED_OUT = object()
@@ -143,6 +147,7 @@ class GeventBackend(Backend):
     def __init__(self, name: Optional[str] = None) -> None:
         super().__init__(name)
         self._loop = get_hub().loop
+        self._thread = _system_thread_id()
 
     def watch_readable(self, fd: int, callback: Callable[[], None]) -> Watcher:
         return _IoWatcher(fd, _READ, callback)
@@ -170,6 +175,9 @@ class GeventBackend(Backend):
 
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
         self._loop.run_callback_threadsafe(callback)
+
+    def in_foreign_thread(self) -> bool:
+        return bool(_system_thread_id() != self._thread)
 
     def run_blocking(self, function: Callable[..., Any], *args: Any) -> Any:
         if self.in_event_loop():
