@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from typing import Any, Callable, Dict, Optional
 from urllib.parse import urlsplit
 
-from .sendqueue import OVERFLOW_POLICIES
 from .exceptions import ConfigurationError
+from .sendqueue import OVERFLOW_POLICIES
 
 __all__ = ["CONFIG_DEFAULTS", "HUB_SCHEMES", "OVERFLOW_POLICIES", "check_config", "option_error"]
 

@@ -132,6 +132,7 @@ class WebSocketConnection:
         "_send_queue",
         "_sock",
         "_torn_down",
+        "_user_id",
         "_writer",
         "subprotocol",
     )
@@ -143,8 +144,10 @@ class WebSocketConnection:
         options: ConnectionOptions,
         opener: Callable[[], _socket.socket],
         registry: Optional[RoomRegistry] = None,
+        user_id: Optional[str] = None,
     ) -> None:
         self._protocol = protocol
+        self._user_id = user_id
         self._backend = backend
         self._options = options
         self._opener: Optional[Callable[[], _socket.socket]] = opener
@@ -251,6 +254,16 @@ class WebSocketConnection:
     def assigned_id(self) -> Optional[str]:
         """The id if :attr:`id` was ever read (or a room joined), else ``None``."""
         return self._id
+
+    @property
+    def user_id(self) -> Optional[str]:
+        """Who is at the other end, as the app's ``user_id_loader`` said at the handshake.
+
+        ``websocket.send_to_user()`` and ``websocket.close_user()`` reach
+        every connection of that user, in every worker. ``None`` when the app
+        has no loader, or it returned ``None``.
+        """
+        return self._user_id
 
     @property
     def rooms(self) -> FrozenSet[str]:
@@ -683,6 +696,22 @@ class WebSocketConnection:
             self._flush_protocol()
             self._start_closing()
         self._wait_closed()
+
+    def close_nowait(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Start closing with ``code`` and ``reason``, without waiting for the peer.
+
+        From any task or the event loop (``websocket.close_user()`` closes
+        connections this way). The handler's next ``receive`` raises
+        :class:`~flask_websocket.ConnectionClosed`; the connection is torn
+        down once the peer answers, or after ``WEBSOCKET_CLOSE_TIMEOUT``.
+        Does nothing if the connection is closed or was never accepted.
+        """
+        if self._opener is not None or self._torn_down or not self._protocol.open:
+            return
+        self._protocol.send_close(code, reason)
+        self._flush_protocol()
+        self._start_closing()
+        self._inbox_wakeup.notify()
 
     def finish(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Close (if still open) and release everything; never raises.

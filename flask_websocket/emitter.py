@@ -31,10 +31,15 @@ from .hubs.base import (
     KIND_ALL,
     KIND_DIRECT,
     KIND_ROOM,
+    KIND_USER,
+    OP_CLOSE,
     BroadcastTooLarge,
     Envelope,
     HubError,
+    check_close_code,
     check_room,
+    check_user_id,
+    close_payload,
 )
 from .hubs.redis import (
     DEFAULT_MAX_PAYLOAD,
@@ -133,6 +138,23 @@ class RedisEmitter:
             raise ValueError(f"not a connection id: {connection_id!r}")
         return self._publish(KIND_DIRECT, message, connection_id, None)
 
+    def send_to_user(self, user_id: Union[str, int], message: Union[str, bytes]) -> int:
+        """Send ``message`` to every connection of ``user_id`` (see ``user_id_loader``).
+
+        Returns:
+            How many worker processes received it.
+        """
+        return self._publish(KIND_USER, message, check_user_id(user_id), None)
+
+    def close_user(self, user_id: Union[str, int], code: int = 1008, reason: str = "") -> int:
+        """Close every connection of ``user_id``, in every worker (logout, bans).
+
+        Returns:
+            How many worker processes received it.
+        """
+        payload = close_payload(check_close_code(code), reason)
+        return self._send(Envelope(KIND_USER, OP_CLOSE, payload, check_user_id(user_id)))
+
     def members(self, room: str) -> List[str]:
         """Ids of the connections in ``room``, across every worker, sorted.
 
@@ -172,7 +194,9 @@ class RedisEmitter:
             raise BroadcastTooLarge(
                 f"a {len(payload)}-byte broadcast is over the limit of {self.max_payload} bytes"
             )
-        envelope = Envelope(kind, opcode, payload, target, skip or "", origin="")
+        return self._send(Envelope(kind, opcode, payload, target, skip or "", origin=""))
+
+    def _send(self, envelope: Envelope) -> int:
         channel = channel_for(self.prefix, envelope)
         try:
             return int(self._client.publish(channel, envelope.encode()))

@@ -39,7 +39,18 @@ from .connection import (
 )
 from .exceptions import ConfigurationError, ConnectionClosed
 from .hubs import Hub, create_hub
-from .hubs.base import KIND_ALL, KIND_DIRECT, KIND_ROOM, Envelope, check_room
+from .hubs.base import (
+    KIND_ALL,
+    KIND_DIRECT,
+    KIND_ROOM,
+    KIND_USER,
+    OP_CLOSE,
+    Envelope,
+    check_close_code,
+    check_room,
+    check_user_id,
+    close_payload,
+)
 from .origins import OriginPolicy
 from .protocol import ServerProtocol, encode_message, request_headers_from_environ
 from .rooms import RoomRegistry
@@ -50,6 +61,7 @@ logger = logging.getLogger("flask_websocket")
 
 Handler = Callable[..., Any]
 H = TypeVar("H", bound=Handler)
+L = TypeVar("L", bound=Callable[[], Any])
 
 
 #: WSGI environ key where the middleware leaves the server's start_response.
@@ -309,6 +321,7 @@ class WebSocket:
     """
 
     def __init__(self, app: Optional[Flask] = None) -> None:
+        self._user_id_loader: Optional[Callable[[], Any]] = None
         self._routes: List[_Route] = []
         self._apps: List[Flask] = []
         if app is not None:
@@ -446,11 +459,61 @@ class WebSocket:
             raise ValueError(f"not a connection id: {connection_id!r}")
         self._publish(KIND_DIRECT, message, connection_id, None)
 
+    def user_id_loader(self, loader: L) -> L:
+        """Register the function that says which user a connection belongs to.
+
+        ::
+
+            @websocket.user_id_loader
+            def current_user_id():
+                return session.get("user_id")  # or flask_login.current_user.get_id()
+
+        Called in the request context of each WebSocket handshake, before
+        the handler runs; what it returns (a ``str`` or an ``int``, or
+        ``None`` for nobody) becomes the connection's
+        :attr:`~flask_websocket.WebSocketConnection.user_id`, and
+        :meth:`send_to_user` and :meth:`close_user` reach every connection
+        of that user, in every worker and on every host.
+        """
+        self._user_id_loader = loader
+        return loader
+
+    def send_to_user(self, user_id: Union[str, int], message: Union[str, bytes]) -> None:
+        """Send ``message`` to every connection of ``user_id`` (every tab, every worker).
+
+        Raises:
+            HubError, BroadcastTooLarge: as :meth:`broadcast`.
+        """
+        self._publish(KIND_USER, message, check_user_id(user_id), None)
+
+    def close_user(
+        self, user_id: Union[str, int], code: int = CloseCode.POLICY_VIOLATION, reason: str = ""
+    ) -> None:
+        """Close every connection of ``user_id``, in every worker and on every host.
+
+        For logout and bans: each connection gets a close frame with
+        ``code`` (1008, policy violation, by default) and ``reason``, and its
+        handler's next ``receive`` raises ``ConnectionClosed``. Connections
+        of the user opened afterwards are not affected: refuse those in the
+        handshake (``abort(403)``).
+
+        Raises:
+            HubError: other processes could not be reached (the user's
+                connections in this process are closed).
+        """
+        self._publish_close(KIND_USER, check_user_id(user_id), code, reason)
+
+    def close_room(
+        self, room: str, code: int = CloseCode.POLICY_VIOLATION, reason: str = ""
+    ) -> None:
+        """Close every connection in ``room``, in every worker and on every host."""
+        self._publish_close(KIND_ROOM, check_room(room), code, reason)
+
     def members(self, room: str) -> List[str]:
         """Ids of the connections in ``room``, across every process of the app."""
         state = self._state()
-        with state.backend.guarded():  # the registry, shared with other threads
-            return state.hub.members(room)
+        members: List[str] = _on_backend(state.backend, state.hub.members, room)
+        return members
 
     def _publish(
         self,
@@ -465,8 +528,15 @@ class WebSocket:
         state = self._state()
         hub = state.hub
         envelope = Envelope(kind, opcode, payload, target, skip or "", origin=hub.registry.node_id)
-        with state.backend.guarded():  # the registry and connections of other threads
-            hub.publish(envelope)
+        _on_backend(state.backend, hub.publish, envelope)
+
+    def _publish_close(self, kind: int, target: str, code: int, reason: str) -> None:
+        check_close_code(code)
+        state = self._state()
+        hub = state.hub
+        payload = close_payload(code, reason)
+        envelope = Envelope(kind, OP_CLOSE, payload, target, origin=hub.registry.node_id)
+        _on_backend(state.backend, hub.publish, envelope)
 
     def _state(self) -> _State:
         app = current_app._get_current_object() if has_app_context() else None  # type: ignore[attr-defined]
@@ -494,6 +564,20 @@ class WebSocket:
 
         functools.update_wrapper(view, route.handler)
         return view
+
+
+def _on_backend(backend: Backend, function: Callable[..., Any], *args: Any) -> Any:
+    """Call ``function`` where the registry and connections may be touched.
+
+    From the backend's own tasks, under its guard (threads: other threads
+    share them). From any other system thread (a scheduler's thread, a
+    view run by Flask's test client under the gevent test server), as a task
+    of the backend, this thread waiting for it.
+    """
+    if backend.in_foreign_thread():
+        return backend.run_in_loop(function, *args)
+    with backend.guarded():
+        return function(*args)
 
 
 def _options_for(route: _Route, config: Any) -> ConnectionOptions:
@@ -574,7 +658,11 @@ def _open(route: _Route, state: _State, config: Any, environ: Dict[str, Any], me
     )
     backend = state.backend
     connection_class = WebSocketConnection if backend.guard is None else GuardedConnection
-    return connection_class(protocol, backend, options, opener, state.registry)
+    loader = state.extension._user_id_loader
+    user_id = loader() if loader is not None else None
+    if user_id is not None:
+        user_id = check_user_id(user_id)
+    return connection_class(protocol, backend, options, opener, state.registry, user_id)
 
 
 def _run_handler(

@@ -14,7 +14,16 @@ import logging
 from typing import TYPE_CHECKING, Dict, List, Optional, Set
 
 from .exceptions import SendQueueFull
-from .hubs.base import KIND_DIRECT, KIND_ROOM, Envelope, check_room, new_node_id
+from .hubs.base import (
+    KIND_DIRECT,
+    KIND_ROOM,
+    KIND_USER,
+    OP_CLOSE,
+    Envelope,
+    check_room,
+    new_node_id,
+    parse_close_payload,
+)
 from .protocol import encode_frame
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,6 +46,7 @@ class RoomRegistry:
         self.connections: Set[WebSocketConnection] = set()
         self._by_id: Dict[str, WebSocketConnection] = {}
         self._rooms: Dict[str, Set[WebSocketConnection]] = {}
+        self._by_user: Dict[str, Set[WebSocketConnection]] = {}
         #: The hub told when a room gets its first or loses its last member here.
         self.hub: Optional[Hub] = None
 
@@ -47,8 +57,11 @@ class RoomRegistry:
         return connection_id
 
     def add(self, connection: WebSocketConnection) -> None:
-        """Register an accepted connection."""
+        """Register an accepted connection (and index it by its user, if it has one)."""
         self.connections.add(connection)
+        user_id = connection.user_id
+        if user_id is not None:
+            self._by_user.setdefault(user_id, set()).add(connection)
 
     def remove(self, connection: WebSocketConnection) -> None:
         """Forget a closed connection and take it out of all its rooms."""
@@ -58,6 +71,13 @@ class RoomRegistry:
         connection_id = connection.assigned_id
         if connection_id is not None:
             self._by_id.pop(connection_id, None)
+        user_id = connection.user_id
+        if user_id is not None:
+            same_user = self._by_user.get(user_id)
+            if same_user is not None:
+                same_user.discard(connection)
+                if not same_user:
+                    del self._by_user[user_id]
 
     def join(self, connection: WebSocketConnection, room: str) -> None:
         """Put ``connection`` in ``room`` (validated)."""
@@ -101,18 +121,26 @@ class RoomRegistry:
         return [connection.id for connection in self._rooms.get(room, ())]
 
     def deliver(self, envelope: Envelope) -> int:
-        """Offer the envelope's message to its local recipients; how many took it."""
+        """Offer the envelope's message to its local recipients (or close them); how many."""
         if envelope.kind == KIND_DIRECT:
             target = self._by_id.get(envelope.target)
             recipients = [target] if target is not None else []
         elif envelope.kind == KIND_ROOM:
             recipients = list(self._rooms.get(envelope.target, ()))
+        elif envelope.kind == KIND_USER:
+            recipients = list(self._by_user.get(envelope.target, ()))
         else:
             recipients = list(self.connections)
         if not recipients:
             return 0
-        frame = encode_frame(envelope.opcode, envelope.payload)  # once for all members
         skip = envelope.skip
+        if envelope.opcode == OP_CLOSE:
+            code, reason = parse_close_payload(envelope.payload)
+            for connection in recipients:
+                if not (skip and connection.assigned_id == skip):
+                    connection.close_nowait(code, reason)
+            return len(recipients)
+        frame = encode_frame(envelope.opcode, envelope.payload)  # once for all members
         delivered = 0
         for connection in recipients:
             if skip and connection.assigned_id == skip:

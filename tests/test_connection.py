@@ -268,6 +268,7 @@ def _no_socket() -> Any:
 _CALLS: Dict[str, Tuple[Any, ...]] = {
     "accept": (),
     "close": (),
+    "close_nowait": (),
     "finish": (),
     "join": ("room",),
     "leave": ("room",),

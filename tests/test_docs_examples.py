@@ -381,8 +381,9 @@ def test_rooms_example_across_workers_and_from_a_flask_command(
 # docs/examples/security.py (docs/security.rst)
 
 
-def _session_cookie(app: object) -> str:
-    response = app.test_client().post("/login/alice")  # type: ignore[attr-defined]
+def _session_cookie(browser: object) -> str:
+    """Log in with Flask's test client (a browser that keeps its cookies); the cookie."""
+    response = browser.post("/login/alice")  # type: ignore[attr-defined]
     cookie = response.headers["Set-Cookie"].split(";", 1)[0]
     assert cookie.startswith("session=")
     return str(cookie)
@@ -395,7 +396,8 @@ def test_security_example_in_process() -> None:
     with pytest.raises(HandshakeRejected) as refused:
         client.connect("/ws/notifications")
     assert refused.value.status == 401  # no session: a plain 401, never a 101
-    cookie = _session_cookie(app)
+    browser = app.test_client()
+    cookie = _session_cookie(browser)
     with client.connect("/ws/notifications", headers={"Cookie": cookie}) as ws:
         assert ws.receive() == "hello alice"
         ws.send("hi")
@@ -415,6 +417,14 @@ def test_security_example_in_process() -> None:
     assert refused.value.status == 403
     with client.connect("/ws/service", headers={"Authorization": "Bearer s3cret-token"}) as ws:
         assert ws.receive() == "hello build-bot"
+    # Logging out closes every tab of the user.
+    tabs = [client.connect("/ws/notifications", headers={"Cookie": cookie}) for _ in range(2)]
+    assert [tab.receive() for tab in tabs] == ["hello alice"] * 2
+    assert browser.post("/logout").data == b"logged out"  # a view in another thread
+    for tab in tabs:
+        with pytest.raises(ConnectionClosedError) as closed:
+            tab.receive()
+        assert (closed.value.code, closed.value.reason) == (4001, "logged out")
 
 
 def test_security_example_on_uwsgi(start_uwsgi: StartServer) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import List
+from typing import Any, List
 
 import pytest
 from flask import Blueprint, Flask, url_for
@@ -303,3 +303,43 @@ def test_outside_uwsgi_the_upgrade_fails_with_the_command_to_use(
         "websocket run" in r.getMessage() or "websocket run" in str(r.exc_info)
         for r in caplog.records
     )
+
+
+def test_user_id_loader_send_to_user_and_close_user() -> None:
+    """Each connection knows its user; a view reaches every connection of one user."""
+    from flask import request as flask_request
+
+    app = Flask(__name__)
+    websocket = WebSocket(app)
+
+    @websocket.user_id_loader
+    def user() -> object:
+        return flask_request.args.get("user")
+
+    @websocket.route("/live")
+    def live(ws: Any) -> None:
+        ws.send(f"user={ws.user_id}")
+        for message in ws:
+            ws.send(message)
+
+    client = WebSocketTestClient(app)
+    tabs = [client.connect("/live", query_string="user=7") for _ in range(3)]
+    other = client.connect("/live", query_string="user=8")
+    anonymous = client.connect("/live")
+    assert [t.receive() for t in tabs] == ["user=7"] * 3
+    assert other.receive() == "user=8" and anonymous.receive() == "user=None"
+    with app.app_context():
+        websocket.send_to_user(7, "you have mail")  # an int id is the same user as "7"
+    assert [t.receive() for t in tabs] == ["you have mail"] * 3
+    with app.app_context():
+        websocket.close_user("7", 4001, "logged out")
+    for tab in tabs:
+        with pytest.raises(ConnectionClosed) as closed:
+            tab.receive()
+        assert (closed.value.code, closed.value.reason) == (4001, "logged out")
+    other.send("still here")
+    assert other.receive() == "still here"
+    with pytest.raises(ValueError), app.app_context():
+        websocket.close_user("8", 1006)  # a code no server may send
+    other.close()
+    anonymous.close()

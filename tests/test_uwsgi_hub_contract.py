@@ -170,6 +170,8 @@ def test_hub_contract(server: UwsgiServer) -> None:
         await delivered("r2", reach(m0, [m0, m1, m2]))
         await command(m0, f"to:{m2.id}:d1")
         await delivered("d1", reach(m0, [m2]))
+        await command(m1, "thread:r:t1")  # from a system thread of the app's own
+        await delivered("t1", reach(m1, [m0, m1, m2]))
         in_room = reach(m1, [m0, m1, m2])
         await command(m1, "members:r", "members " + json.dumps(sorted(m.id for m in in_room)))
         await command(m0, "many:r:2000")
@@ -210,3 +212,60 @@ def test_hub_contract(server: UwsgiServer) -> None:
 
     asyncio.run(scenario())
     assert "Traceback" not in server.log(), server.log()
+
+
+def test_send_to_user_and_close_user_reach_every_worker(server: UwsgiServer) -> None:
+    """A user with a connection in each worker: a view sends to them all, then logs them out."""
+    if server.hub == "memory":  # type: ignore[attr-defined]
+        pytest.skip("one process per hub: covered in-process (tests/hubs/contract.py)")
+    async def scenario() -> None:
+        alice = await user_on_every_worker(server, "alice")
+        bob = await user_on_every_worker(server, "bob", count=1)
+        await asyncio.to_thread(get, server, "/to-user/alice?text=hello%20alice")
+        for member in alice:
+            await member.wait_for(1)
+            assert member.got == ["hello alice"]
+        await asyncio.to_thread(get, server, "/close-user/alice")
+        for member in alice:  # each reader ends: the server closed that connection
+            assert member.reader is not None
+            await asyncio.wait_for(asyncio.gather(member.reader, return_exceptions=True), 20)
+            assert (member.ws.close_code, member.ws.close_reason) == (4001, "logged out")
+        # Bob was not touched.
+        await bob[0].ws.send("echo:still here")
+        await bob[0].wait_for(1)
+        assert bob[0].got == ["still here"]
+        await bob[0].ws.close()
+
+    asyncio.run(scenario())
+    assert "Traceback" not in server.log(), server.log()
+
+
+def get(server: UwsgiServer, path: str) -> str:
+    with urllib.request.urlopen(server.http_url(path), timeout=20) as reply:
+        return str(reply.read().decode())
+
+
+async def user_on_every_worker(
+    server: UwsgiServer, user: str, count: int = MEMBERS
+) -> List[Member]:
+    """``count`` connections of ``user``, on as many different workers (bounded attempts)."""
+    held: Dict[int, Member] = {}
+    spare = []
+    for _ in range(300):
+        if len(held) == count:
+            break
+        ws = await async_connect(server.url(f"/m?user={user}"), open_timeout=20, ping_interval=None)
+        _, connection_id, pid = str(await asyncio.wait_for(ws.recv(), 20)).split()
+        if int(pid) in held:
+            spare.append(ws)
+            if len(spare) >= 8:
+                await asyncio.gather(*(old.close() for old in spare))
+                spare.clear()
+            continue
+        held[int(pid)] = Member(ws, connection_id, int(pid))
+    await asyncio.gather(*(old.close() for old in spare))
+    assert len(held) == count, f"{user}'s connections reached only workers {sorted(held)}"
+    members = list(held.values())
+    for member in members:
+        member.reader = asyncio.create_task(member.read())
+    return members

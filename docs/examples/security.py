@@ -28,6 +28,21 @@ def login(name):
     return "logged in"
 
 
+@websocket.user_id_loader
+def current_user_id():
+    """Which user a WebSocket belongs to (Flask-Login: current_user.get_id())."""
+    return session.get("user")
+
+
+@app.post("/logout")
+def logout():
+    """Log out everywhere: every open WebSocket of the user closes, in every worker."""
+    user = session.pop("user", None)
+    if user is not None:
+        websocket.close_user(user, 4001, "logged out")
+    return "logged out"
+
+
 def login_required(view):
     """A decorator of the Flask-Login kind: 401 unless the session has a user."""
 

@@ -22,7 +22,7 @@ import logging
 import os
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
 from ..exceptions import WebSocketError
 from ..logs import RateLimitedLog
@@ -35,13 +35,19 @@ __all__ = [
     "KIND_ALL",
     "KIND_DIRECT",
     "KIND_ROOM",
+    "KIND_USER",
+    "OP_CLOSE",
     "BroadcastTooLarge",
     "Envelope",
     "Hub",
     "HubError",
     "RateLimitedLog",
+    "check_close_code",
     "check_room",
+    "check_user_id",
+    "close_payload",
     "new_node_id",
+    "parse_close_payload",
 ]
 
 logger = logging.getLogger("flask_websocket.hubs")
@@ -49,6 +55,13 @@ logger = logging.getLogger("flask_websocket.hubs")
 KIND_ALL = 0
 KIND_ROOM = 1
 KIND_DIRECT = 2
+KIND_USER = 3
+_KINDS = (KIND_ALL, KIND_ROOM, KIND_DIRECT, KIND_USER)
+
+#: An envelope with this opcode closes its recipients instead of sending to
+#: them; its payload is a close frame's: a 2-byte code and a UTF-8 reason.
+OP_CLOSE = 0x8
+_CLOSE_CODE = struct.Struct("!H")
 
 #: Longest room name, in bytes of UTF-8.
 MAX_ROOM_BYTES = 200
@@ -82,6 +95,39 @@ def check_room(room: Any) -> str:
     return room
 
 
+def close_payload(code: int, reason: str) -> bytes:
+    """The payload of an :data:`OP_CLOSE` envelope (the reason cut to fit a close frame)."""
+    encoded = reason.encode()[:123]
+    return _CLOSE_CODE.pack(code) + encoded.decode(errors="ignore").encode()
+
+
+def check_close_code(code: Any) -> int:
+    """``code`` if a server may close with it (1000, 1001, 1008, 1011-1013, 3000-4999)."""
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise TypeError(f"a close code is an int, not {type(code).__name__}")
+    if not (3000 <= code <= 4999 or code in (1000, 1001, 1008, 1011, 1012, 1013)):
+        raise ValueError(f"close code {code}: use 1000, 1001, 1008, 1011-1013 or 3000-4999")
+    return code
+
+
+def parse_close_payload(payload: bytes) -> Tuple[int, str]:
+    """The code and reason of an :data:`OP_CLOSE` envelope; ``ValueError`` if malformed."""
+    if len(payload) < _CLOSE_CODE.size:
+        raise ValueError("close envelope without a code")
+    (code,) = _CLOSE_CODE.unpack_from(payload)
+    return check_close_code(code), payload[_CLOSE_CODE.size :].decode()
+
+
+def check_user_id(user_id: Any) -> str:
+    """``user_id`` as the string the hubs carry (a ``str`` or an ``int``, 1 to 200 bytes)."""
+    if isinstance(user_id, bool) or not isinstance(user_id, (str, int)):
+        raise TypeError(f"a user id is a str or an int, not {type(user_id).__name__}")
+    text = str(user_id)
+    if not text or len(text.encode()) > MAX_ROOM_BYTES:
+        raise ValueError(f"a user id is 1 to {MAX_ROOM_BYTES} bytes of UTF-8")
+    return text
+
+
 def new_node_id() -> str:
     """A random id for one process's registry: the prefix of its connection ids."""
     return os.urandom(6).hex()
@@ -92,8 +138,11 @@ class Envelope:
     """A broadcast in transit between processes.
 
     ``kind`` says who receives it: everyone (``KIND_ALL``), one room
-    (``KIND_ROOM``, ``target`` is the room) or one connection
-    (``KIND_DIRECT``, ``target`` is its id). ``skip`` is a connection id
+    (``KIND_ROOM``, ``target`` is the room), one connection (``KIND_DIRECT``,
+    ``target`` is its id) or every connection of one user (``KIND_USER``,
+    ``target`` is the user id). ``opcode`` is text (1), binary (2), or
+    :data:`OP_CLOSE`: close the recipients (``payload`` from
+    :func:`close_payload`). ``skip`` is a connection id
     that must not receive it. ``origin`` is the node id of the sender's
     process (it has delivered locally already).
     """
@@ -117,9 +166,9 @@ class Envelope:
         if len(data) < _HEADER.size:
             raise ValueError("envelope too short")
         version, kind, opcode, target_len, skip_len, origin_len = _HEADER.unpack_from(data)
-        if version != _VERSION or kind not in (KIND_ALL, KIND_ROOM, KIND_DIRECT):
+        if version != _VERSION or kind not in _KINDS:
             raise ValueError(f"unknown envelope version {version} or kind {kind}")
-        if opcode not in (0x1, 0x2):
+        if opcode not in (0x1, 0x2, OP_CLOSE):
             raise ValueError(f"envelope with opcode {opcode}")
         position = _HEADER.size
         fields = []

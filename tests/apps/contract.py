@@ -16,12 +16,17 @@ sends is a command:
 - ``many:<room>:<n>``                 n broadcasts ``seq <i>`` to the room, then
                                       ``many done`` to the sender only
 - ``echo:<text>``                     answered ``<text>`` (a marker)
+- ``thread:<room>:<text>``            broadcast from a thread the app starts
+
+``/m?user=<id>`` makes the connection one of that user's: the views
+``/to-user/<id>?text=`` and ``/close-user/<id>`` reach all of them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 
 import click
 from flask import Flask, request
@@ -64,6 +69,31 @@ def member(ws: WebSocketConnection) -> None:
             ws.send("many done")
         elif command == "echo":
             ws.send(argument)
+        elif command == "thread":
+            room, _, text = argument.partition(":")
+            # A system thread of the app's own (a scheduler's, say): greenlets
+            # where gevent patched threading, a real thread elsewhere.
+            thread = threading.Thread(target=websocket.broadcast, args=(text, room))
+            thread.start()
+
+
+@websocket.user_id_loader
+def user_from_query() -> object:
+    """The user a connection belongs to: ``/m?user=<id>`` (a real app reads its session)."""
+    return request.args.get("user") or None
+
+
+@app.get("/to-user/<user>")
+def to_user(user: str) -> str:
+    websocket.send_to_user(user, request.args["text"])
+    return "sent"
+
+
+@app.get("/close-user/<user>")
+def close_user(user: str) -> str:
+    """As a logout view does: every connection of the user, every worker, closes."""
+    websocket.close_user(user, 4001, "logged out")
+    return "closed"
 
 
 @app.get("/view")

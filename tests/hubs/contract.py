@@ -20,7 +20,16 @@ import gevent
 import pytest
 
 from flask_websocket.hubs import BroadcastTooLarge, create_hub
-from flask_websocket.hubs.base import KIND_ALL, KIND_DIRECT, KIND_ROOM, Envelope, Hub
+from flask_websocket.hubs.base import (
+    KIND_ALL,
+    KIND_DIRECT,
+    KIND_ROOM,
+    KIND_USER,
+    OP_CLOSE,
+    Envelope,
+    Hub,
+    close_payload,
+)
 from flask_websocket.protocol import OP_BINARY, OP_TEXT, encode_frame
 from flask_websocket.rooms import RoomRegistry
 
@@ -31,8 +40,10 @@ REDIS_URL = os.environ.get("HUB_REDIS_URL", "")
 class StandInConnection:
     """What the registry needs of a connection, recording what it is offered."""
 
-    def __init__(self, registry: RoomRegistry) -> None:
+    def __init__(self, registry: RoomRegistry, user_id: Optional[str] = None) -> None:
         self._registry = registry
+        self.user_id = user_id
+        self.closed_with: Optional[tuple] = None
         self._id: Optional[str] = None
         self._rooms: set = set()
         self.frames: List[bytes] = []
@@ -68,6 +79,9 @@ class StandInConnection:
         self.frames.append(frame)
         return True
 
+    def close_nowait(self, code: int, reason: str) -> None:
+        self.closed_with = (code, reason)
+
 
 class Node:
     """One process's registry and hub."""
@@ -80,8 +94,8 @@ class Node:
         self.registry.hub = self.hub
         self.hub.start()
 
-    def connect(self) -> StandInConnection:
-        return StandInConnection(self.registry)
+    def connect(self, user_id: Optional[str] = None) -> StandInConnection:
+        return StandInConnection(self.registry, user_id)
 
     def publish(
         self, kind: int, payload: bytes, target: str = "", skip: str = "", opcode: int = OP_TEXT
@@ -236,3 +250,28 @@ def test_oversized_broadcast_is_refused_before_anything_is_sent(nodes: List[Node
         nodes[0].publish(KIND_ALL, b"x" * (limit + 1))
     settle()
     assert connection.frames == []
+
+
+def test_send_to_a_user_reaches_all_their_connections_everywhere(nodes: List[Node]) -> None:
+    alice = [node.connect(user_id="alice") for node in nodes for _ in range(2)]
+    bob = nodes[-1].connect(user_id="bob")
+    anonymous = nodes[0].connect()
+    nodes[0].publish(KIND_USER, b"for alice", target="alice")
+    assert wait_for(lambda: all(c.frames for c in alice))
+    settle()
+    assert all(c.frames == [frame("for alice")] for c in alice)
+    assert bob.frames == [] and anonymous.frames == []
+
+
+def test_closing_a_user_closes_all_their_connections_everywhere(nodes: List[Node]) -> None:
+    alice = [node.connect(user_id="alice") for node in nodes for _ in range(2)]
+    bob = nodes[-1].connect(user_id="bob")
+    nodes[0].publish(KIND_USER, close_payload(4001, "logged out"), target="alice", opcode=OP_CLOSE)
+    assert wait_for(lambda: all(c.closed_with for c in alice))
+    settle()
+    assert all(c.closed_with == (4001, "logged out") for c in alice)
+    assert bob.closed_with is None
+    # Gone users are forgotten: nothing is kept for them.
+    for connection in alice:
+        connection.close()
+    assert all("alice" not in node.registry._by_user for node in nodes)

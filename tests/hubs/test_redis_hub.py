@@ -104,7 +104,7 @@ def node_main() -> None:
                     if out:
                         self.sock.sendall(out)
 
-    def open_connection() -> str:
+    def open_connection(user: Any = None) -> str:
         server, client = gevent.socket.socketpair()  # cooperative, patched or not
         protocol = ServerProtocol()
         key = base64.b64encode(os.urandom(16)).decode()
@@ -127,7 +127,7 @@ def node_main() -> None:
             sock.setblocking(False)
             return sock
 
-        connection = WebSocketConnection(protocol, backend, options, opener, registry)
+        connection = WebSocketConnection(protocol, backend, options, opener, registry, user)
         connection.accept()
         connections[connection.id] = connection
         clients[connection.id] = Client(client)
@@ -168,6 +168,14 @@ def node_main() -> None:
         "members": hub.members,
         "messages": wait_for_messages,
         "status": status,
+        "close": lambda id: (  # the close code and reason the client received, if any
+            None
+            if clients[id].protocol.open
+            else [
+                clients[id].protocol.closed_exception().code,
+                clients[id].protocol.closed_exception().reason,
+            ]
+        ),
     }
 
     deadline = time.monotonic() + 10  # start() waits for the subscription; check it
@@ -527,6 +535,26 @@ def test_emitter_reaches_the_members_of_a_node_from_an_unpatched_process(
         emitter.broadcast("fence")
     assert a.messages(a1, count=2) == ["to r", "fence"]
     assert a.messages(a2, count=3) == ["to all but a1", "bin:00ff", "fence"]
+
+
+@pytest.mark.redis
+def test_emitter_sends_to_and_closes_a_users_connections_on_every_node(
+    start_node: StartNode, redis_server: RedisServer, app_name: str
+) -> None:
+    from flask_websocket.emitter import RedisEmitter
+
+    a, b = start_node("a"), start_node("b")
+    alice = [a.call("open", user="alice"), b.call("open", user="alice")]
+    bob = b.call("open", user="bob")
+    with RedisEmitter(redis_server.url, name=app_name) as emitter:
+        assert emitter.send_to_user("alice", "hi alice") == 2  # two processes subscribed
+        assert a.messages(alice[0], count=1) == ["hi alice"]
+        assert b.messages(alice[1], count=1) == ["hi alice"]
+        emitter.close_user("alice", 4002, "banned")
+    wait_until(lambda: a.call("close", id=alice[0]) == [4002, "banned"])
+    wait_until(lambda: b.call("close", id=alice[1]) == [4002, "banned"])
+    assert b.call("close", id=bob) is None
+    assert b.messages(bob) == []
 
 
 @pytest.mark.redis
