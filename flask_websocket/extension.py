@@ -37,6 +37,7 @@ from .connection import (
     GuardedConnection,
     WebSocketConnection,
 )
+from .drain import Drain
 from .exceptions import ConfigurationError, ConnectionClosed
 from .hubs import Hub, create_hub
 from .hubs.base import (
@@ -118,6 +119,8 @@ class _State:
         self._hub_pid = 0
         self._origin_policy: Optional[OriginPolicy] = None
         self._admission: Optional[Admission] = None
+        #: Closes this worker's WebSockets when uWSGI reloads or stops it.
+        self.drain: Optional[Drain] = None
         # Threads: one backend and one hub per process, however many threads
         # see their first connection at once. Re-entrant: the hub needs the backend.
         self._hub_lock = thread_rlock()
@@ -167,8 +170,19 @@ class _State:
             with self._hub_lock:  # threads: one backend (one loop, one guard) per app
                 if self._backend is None:
                     self._backend = backend_for_server()
+                    if transport.worker_id() is not None:  # a uWSGI worker: reloads close us
+                        self.drain = Drain(
+                            self._backend,
+                            self._current_hub,
+                            float(self.app.config["WEBSOCKET_CLOSE_TIMEOUT"]),
+                        )
+                        self.drain.install()
                 backend = self._backend
         return backend
+
+    def _current_hub(self) -> Optional[Hub]:
+        """The hub of this process if it has one (none made yet, or the master's)."""
+        return self._hub if self._hub_pid == os.getpid() else None
 
     @property
     def hub(self) -> Hub:

@@ -202,6 +202,15 @@ class Backend(abc.ABC):
         """
         raise NotImplementedError(f"the {self.name} backend has no loop to call into")
 
+    def on_signal(self, signum: int, callback: Callable[[], None]) -> bool:
+        """Also call ``callback`` in the event loop when the process receives ``signum``.
+
+        Without taking the signal from whoever handles it already (uWSGI).
+        ``False`` where the model cannot (uWSGI's own C handlers are the
+        only ones there).
+        """
+        return False
+
     def in_foreign_thread(self) -> bool:
         """True in a system thread that is neither the loop's nor one of its tasks'.
 

@@ -8,7 +8,7 @@ no greenlet beyond the request's own.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 import gevent
 import gevent.event
@@ -148,6 +148,7 @@ class GeventBackend(Backend):
         super().__init__(name)
         self._loop = get_hub().loop
         self._thread = _system_thread_id()
+        self._signal_watchers: List[Any] = []
 
     def watch_readable(self, fd: int, callback: Callable[[], None]) -> Watcher:
         return _IoWatcher(fd, _READ, callback)
@@ -175,6 +176,16 @@ class GeventBackend(Backend):
 
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
         self._loop.run_callback_threadsafe(callback)
+
+    def on_signal(self, signum: int, callback: Callable[[], None]) -> bool:
+        # A libev signal watcher of our own beside uWSGI's (its gevent plugin
+        # handles SIGHUP, SIGINT and SIGTERM with gevent's, and libev calls
+        # every watcher of a signal). Run in the hub itself, not in a new
+        # greenlet: it is done before uWSGI's handler greenlet runs.
+        watcher = self._loop.signal(signum, ref=False)
+        watcher.start(callback)
+        self._signal_watchers.append(watcher)
+        return True
 
     def in_foreign_thread(self) -> bool:
         return bool(_system_thread_id() != self._thread)
