@@ -34,6 +34,7 @@ CONFIG_DEFAULTS: Dict[str, Any] = {
     "WEBSOCKET_HUB_OPTIONS": {},
     "WEBSOCKET_MAX_CONNECTIONS": None,
     "WEBSOCKET_MAX_CONNECTIONS_PER_IP": None,
+    "WEBSOCKET_HISTORY": {},
 }
 
 #: URL schemes of ``WEBSOCKET_HUB_URL``.
@@ -106,6 +107,23 @@ def _hub_options(value: Any) -> Optional[str]:
     return None
 
 
+def _history(value: Any) -> Optional[str]:
+    expected = (
+        'a dict of room patterns to limits, such as {"chat:*": {"size": 100, "ttl": 300}} '
+        "(size: messages kept, at least 1; ttl: seconds, optional)"
+    )
+    if not isinstance(value, Mapping):
+        return expected
+    for pattern, limits in value.items():
+        if not isinstance(pattern, str) or not isinstance(limits, Mapping):
+            return expected
+        if set(limits) - {"size", "ttl"} or _positive_int(limits.get("size")):
+            return expected
+        if limits.get("ttl") is not None and _positive_number(limits["ttl"]):
+            return expected
+    return None
+
+
 _CHECKS: Dict[str, Callable[[Any], Optional[str]]] = {
     "WEBSOCKET_MAX_MESSAGE_SIZE": _optional_positive_int,
     "WEBSOCKET_PING_INTERVAL": _optional_interval,
@@ -119,6 +137,7 @@ _CHECKS: Dict[str, Callable[[Any], Optional[str]]] = {
     "WEBSOCKET_HUB_OPTIONS": _hub_options,
     "WEBSOCKET_MAX_CONNECTIONS": _optional_positive_int,
     "WEBSOCKET_MAX_CONNECTIONS_PER_IP": _optional_positive_int,
+    "WEBSOCKET_HISTORY": _history,
 }
 
 

@@ -34,6 +34,7 @@ from typing import (
     TYPE_CHECKING,
     Any,
     Callable,
+    Dict,
     FrozenSet,
     Iterator,
     List,
@@ -48,6 +49,7 @@ from . import transport
 from .close_codes import CloseCode
 from .concurrency.base import Backend, Event, Timer, Wakeup, Watcher
 from .exceptions import ConnectionClosedOK
+from .history import Position, Recovery
 from .keepalive import Keepalive
 from .protocol import (
     OP_BINARY,
@@ -60,6 +62,7 @@ from .protocol import (
     encode_message,
 )
 from .sendqueue import OVERFLOW_POLICIES, SendQueue, shutdown_write
+from .wire import SUBPROTOCOL, plain_message
 
 if TYPE_CHECKING:  # pragma: no cover
     from .rooms import RoomRegistry
@@ -130,9 +133,11 @@ class WebSocketConnection:
         "_registry",
         "_rooms",
         "_send_queue",
+        "_since",
         "_sock",
         "_torn_down",
         "_user_id",
+        "_wire",
         "_writer",
         "subprotocol",
     )
@@ -145,9 +150,13 @@ class WebSocketConnection:
         opener: Callable[[], _socket.socket],
         registry: Optional[RoomRegistry] = None,
         user_id: Optional[str] = None,
+        since: Optional[Dict[str, Position]] = None,
     ) -> None:
         self._protocol = protocol
         self._user_id = user_id
+        # fws.v1 (flask_websocket.wire): messages go out wrapped, with positions.
+        self._wire = protocol.subprotocol == SUBPROTOCOL
+        self._since = since
         self._backend = backend
         self._options = options
         self._opener: Optional[Callable[[], _socket.socket]] = opener
@@ -256,6 +265,11 @@ class WebSocketConnection:
         return self._id
 
     @property
+    def wire(self) -> bool:
+        """True when the client speaks ``fws.v1``: messages are wrapped, with positions."""
+        return self._wire
+
+    @property
     def user_id(self) -> Optional[str]:
         """Who is at the other end, as the app's ``user_id_loader`` said at the handshake.
 
@@ -270,8 +284,14 @@ class WebSocketConnection:
         """The rooms this connection is in."""
         return frozenset(self._rooms) if self._rooms else frozenset()
 
-    def join(self, room: str) -> None:
+    def join(self, room: str, since: Optional[Position] = None) -> Optional[Recovery]:
         """Join ``room``: broadcasts to it reach this connection until it leaves or closes.
+
+        In a room with history (``WEBSOCKET_HISTORY``), the connection
+        first gets every message after ``since`` (by default, the position
+        a reconnecting ``fws.v1`` client gave for this room), then live
+        ones, and the returned :class:`~flask_websocket.history.Recovery`
+        says whether that was all it missed (``None`` for other rooms).
 
         Raises:
             TypeError, ValueError: ``room`` is not a valid room name (a
@@ -283,12 +303,18 @@ class WebSocketConnection:
             self.accept()
         if self._closed:
             raise self._protocol.closed_exception()
-        registry.join(self, room)
+        if since is None and self._since:
+            since = self._since.get(room)
         if self._id is None:  # presence lists members by id: give it one now
             self._id = registry.new_id(self)
         if self._rooms is None:
             self._rooms = set()
         self._rooms.add(room)
+        try:
+            return registry.join(self, room, since)
+        except BaseException:
+            self._rooms.discard(room)
+            raise
 
     def leave(self, room: str) -> None:
         """Leave ``room`` (no-op if not in it)."""
@@ -387,16 +413,16 @@ class WebSocketConnection:
             ConnectionClosed: the connection is closed.
             TypeError: ``message`` is neither ``str`` nor bytes-like.
         """
-        if type(message) is str:  # the common case first: no tuple, no call
+        if type(message) is str and not self._wire:  # the common case first: no tuple, no call
             self.send_frame(encode_frame(OP_TEXT, message.encode()))
         else:
-            self.send_frame(encode_frame(*encode_message(message)))
+            self.send_frame(self._encode(*encode_message(message)))
 
     def send_binary(self, message: Union[bytes, bytearray, memoryview]) -> None:
         """Send ``message`` as a binary frame."""
         if not isinstance(message, (bytes, bytearray, memoryview)):
             raise TypeError(f"send_binary() takes bytes, not {type(message).__name__}")
-        self.send_frame(encode_frame(OP_BINARY, bytes(message)))
+        self.send_frame(self._encode(OP_BINARY, bytes(message)))
 
     def send_from_sharedarea(self, area: int, position: int, length: Optional[int] = None) -> None:
         """Send bytes of uWSGI's sharedarea ``area`` as a text message.
@@ -411,13 +437,13 @@ class WebSocketConnection:
         """
         data = transport.sharedarea_read(area, position, length)
         data.decode()  # text frames must carry valid UTF-8: check before sending
-        self.send_frame(encode_frame(OP_TEXT, data))
+        self.send_frame(self._encode(OP_TEXT, data))
 
     def send_binary_from_sharedarea(
         self, area: int, position: int, length: Optional[int] = None
     ) -> None:
         """Send bytes of uWSGI's sharedarea ``area`` as a binary message."""
-        self.send_frame(encode_frame(OP_BINARY, transport.sharedarea_read(area, position, length)))
+        self.send_frame(self._encode(OP_BINARY, transport.sharedarea_read(area, position, length)))
 
     def send_nowait(self, message: Union[str, bytes, bytearray, memoryview]) -> None:
         """Send without ever waiting: if the send queue is full, apply its policy.
@@ -432,11 +458,17 @@ class WebSocketConnection:
                 the ``disconnect`` policy).
             SendQueueFull: the queue is full and the policy is ``raise``.
         """
-        frame = encode_frame(*encode_message(message, "send_nowait"))
+        frame = self._encode(*encode_message(message, "send_nowait"))
         if self._opener is not None:
             self.accept()
         if not self.offer_frame(frame) and self._closed:
             raise self._protocol.closed_exception()
+
+    def _encode(self, opcode: int, payload: bytes) -> bytes:
+        """The frame of one of this connection's own messages (wrapped for ``fws.v1``)."""
+        if self._wire:
+            return encode_frame(OP_TEXT, plain_message(opcode, payload).encode())
+        return encode_frame(opcode, payload)
 
     def offer_frame(self, frame: bytes) -> bool:
         """Queue a serialised frame without waiting; ``False`` if it was not sent.

@@ -25,7 +25,7 @@ from flask import Blueprint, Flask, Response, current_app, has_app_context, requ
 from websockets.exceptions import InvalidHeader
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from . import transport
+from . import transport, wire
 from .admission import RETRY_AFTER, Admission, default_limit
 from .close_codes import CloseCode
 from .concurrency import backend_class, backend_for_server
@@ -39,6 +39,7 @@ from .connection import (
 )
 from .drain import Drain
 from .exceptions import ConfigurationError, ConnectionClosed
+from .history import HistoryItem, HistoryPolicy, Position
 from .hubs import Hub, create_hub
 from .hubs.base import (
     KIND_ALL,
@@ -53,7 +54,7 @@ from .hubs.base import (
     close_payload,
 )
 from .origins import OriginPolicy
-from .protocol import ServerProtocol, encode_message, request_headers_from_environ
+from .protocol import OP_TEXT, ServerProtocol, encode_message, request_headers_from_environ
 from .rooms import RoomRegistry
 
 __all__ = ["CONFIG_DEFAULTS", "WebSocket", "default_hub_name"]
@@ -218,6 +219,7 @@ class _State:
             options.setdefault("name", self.app.import_name)
         registry = RoomRegistry()
         hub = create_hub(url, registry, options, backend)
+        hub.history = HistoryPolicy(config["WEBSOCKET_HISTORY"])
         registry.hub = hub
         self._hub, self._hub_pid = hub, os.getpid()
         hub.start()  # listen now: this process holds (or is about to hold) members
@@ -523,6 +525,22 @@ class WebSocket:
         """Close every connection in ``room``, in every worker and on every host."""
         self._publish_close(KIND_ROOM, check_room(room), code, reason)
 
+    def history(self, room: str) -> List[HistoryItem]:
+        """The messages ``room``'s history still holds, oldest first, with their positions.
+
+        For a plain view that renders the last messages of a room, say.
+        Empty for a room without history (``WEBSOCKET_HISTORY``).
+        """
+        state = self._state()
+        epoch, _, entries = _on_backend(state.backend, state.hub.read_history, room)
+        return [
+            HistoryItem(
+                Position(epoch, entry.offset),
+                entry.payload.decode() if entry.opcode == OP_TEXT else entry.payload,
+            )
+            for entry in entries
+        ]
+
     def members(self, room: str) -> List[str]:
         """Ids of the connections in ``room``, across every process of the app."""
         state = self._state()
@@ -649,9 +667,10 @@ def _open(route: _Route, state: _State, config: Any, environ: Dict[str, Any], me
         return Response(_FORBIDDEN_ORIGIN, 403, {"Content-Type": "text/plain; charset=utf-8"})
     if environ.get("SERVER_PROTOCOL", "HTTP/1.1") == "HTTP/1.0":
         return Response(_NEEDS_HTTP11, 400, {"Content-Type": "text/plain; charset=utf-8"})
-    protocol = ServerProtocol(
-        max_message_size=options.max_message_size, subprotocols=route.subprotocols
-    )
+    subprotocols = route.subprotocols
+    if subprotocols is None and wire.SUBPROTOCOL in environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", ""):
+        subprotocols = [wire.SUBPROTOCOL]  # a client that resumes (flask_websocket.wire)
+    protocol = ServerProtocol(max_message_size=options.max_message_size, subprotocols=subprotocols)
     try:
         headers = request_headers_from_environ(environ)
         handshake = protocol.accept(method, environ.get("PATH_INFO", "/"), headers)
@@ -676,7 +695,10 @@ def _open(route: _Route, state: _State, config: Any, environ: Dict[str, Any], me
     user_id = loader() if loader is not None else None
     if user_id is not None:
         user_id = check_user_id(user_id)
-    return connection_class(protocol, backend, options, opener, state.registry, user_id)
+    since = None
+    if protocol.subprotocol == wire.SUBPROTOCOL:
+        since = wire.parse_since(request.args.getlist(wire.SINCE_PARAMETER)) or None
+    return connection_class(protocol, backend, options, opener, state.registry, user_id, since)
 
 
 def _run_handler(

@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Dict, List, Optional, Set
 
 from .exceptions import SendQueueFull
+from .history import Position, Recovery
 from .hubs.base import (
     KIND_DIRECT,
     KIND_ROOM,
@@ -24,7 +25,9 @@ from .hubs.base import (
     new_node_id,
     parse_close_payload,
 )
-from .protocol import encode_frame
+from .protocol import OP_TEXT, encode_frame
+from .streams import Streams
+from .wire import plain_message
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connection import WebSocketConnection
@@ -49,6 +52,8 @@ class RoomRegistry:
         self._by_user: Dict[str, Set[WebSocketConnection]] = {}
         #: The hub told when a room gets its first or loses its last member here.
         self.hub: Optional[Hub] = None
+        #: Rooms with history: their streams, delivered in order.
+        self.streams = Streams(lambda room: self._rooms.get(room, set()), self._offer)
 
     def new_id(self, connection: WebSocketConnection) -> str:
         """Give ``connection`` an id (``<node>.<n>``) and index it by that id."""
@@ -79,17 +84,29 @@ class RoomRegistry:
                 if not same_user:
                     del self._by_user[user_id]
 
-    def join(self, connection: WebSocketConnection, room: str) -> None:
-        """Put ``connection`` in ``room`` (validated)."""
+    def join(
+        self, connection: WebSocketConnection, room: str, since: Optional[Position] = None
+    ) -> Optional[Recovery]:
+        """Put ``connection`` in ``room`` (validated).
+
+        In a room with history (the hub's ``WEBSOCKET_HISTORY``), the
+        connection first catches up: it gets the join's answer (``fws.v1``
+        connections), every message after ``since`` that history still
+        holds, in order, then live messages; the :class:`Recovery` says
+        whether that was all it missed. ``None`` for a room without history.
+        """
         check_room(room)
         members = self._rooms.get(room)
         new_room = members is None
         if members is None:
             members = self._rooms[room] = set()
         if connection in members:
-            return
-        members.add(connection)  # before the hooks: they may wait (redis: SUBSCRIBE)
+            return None
         hub = self.hub
+        limits = hub.history.limits_for(room) if hub is not None else None
+        if limits is not None:
+            self.streams.start_catching_up(connection, room, "", 0)  # live ones wait from now
+        members.add(connection)  # before the hooks: they may wait (redis: SUBSCRIBE)
         if hub is not None:
             if new_room:
                 hub._room_joined(room)
@@ -97,6 +114,16 @@ class RoomRegistry:
             if connection not in self.connections:
                 # Closed while a hook waited: remove() did not see this room yet.
                 self.leave(connection, room)
+                return None
+        if hub is None or limits is None:
+            return None
+        recovery = hub.recover(room, since, limits)  # reads the store: may wait
+        try:
+            for frame in self.streams.caught_up(connection, room, recovery):
+                connection.send_frame(frame)
+        finally:
+            self.streams.drain(room)  # what came early, to everyone, after the catch-up
+        return recovery
 
     def leave(self, connection: WebSocketConnection, room: str) -> None:
         """Take ``connection`` out of ``room`` (no-op if it was not in it)."""
@@ -104,6 +131,8 @@ class RoomRegistry:
         if members is None or connection not in members:
             return
         members.discard(connection)
+        if self.streams.rooms:
+            self.streams.left(room, connection, members_left=bool(members))
         hub = self.hub
         if not members:
             del self._rooms[room]
@@ -121,7 +150,14 @@ class RoomRegistry:
         return [connection.id for connection in self._rooms.get(room, ())]
 
     def deliver(self, envelope: Envelope) -> int:
-        """Offer the envelope's message to its local recipients (or close them); how many."""
+        """Offer the envelope's message to its local recipients (or close them); how many.
+
+        A message of a room's stream (with a position) goes through
+        :attr:`streams`, which delivers in order (and counts nothing here).
+        """
+        if envelope.offset:
+            self.streams.deliver(envelope)
+            return 0
         if envelope.kind == KIND_DIRECT:
             target = self._by_id.get(envelope.target)
             recipients = [target] if target is not None else []
@@ -140,18 +176,33 @@ class RoomRegistry:
                 if not (skip and connection.assigned_id == skip):
                     connection.close_nowait(code, reason)
             return len(recipients)
-        frame = encode_frame(envelope.opcode, envelope.payload)  # once for all members
+        frames: Dict[bool, bytes] = {}  # framed once for all members (once more for fws.v1)
         delivered = 0
         for connection in recipients:
             if skip and connection.assigned_id == skip:
                 continue
-            try:
-                if connection.offer_frame(frame):
-                    delivered += 1
-            except SendQueueFull:
-                logger.warning(
-                    "dropped a broadcast for %r: its send queue is full "
-                    "(WEBSOCKET_SEND_QUEUE_OVERFLOW = 'raise')",
-                    connection,
-                )
+            wire = connection.wire
+            frame = frames.get(wire)
+            if frame is None:
+                frame = frames[wire] = _frame(envelope, wire)
+            delivered += self._offer(connection, frame)
         return delivered
+
+    @staticmethod
+    def _offer(connection: WebSocketConnection, frame: bytes) -> bool:
+        try:
+            return connection.offer_frame(frame)
+        except SendQueueFull:
+            logger.warning(
+                "dropped a broadcast for %r: its send queue is full "
+                "(WEBSOCKET_SEND_QUEUE_OVERFLOW = 'raise')",
+                connection,
+            )
+            return False
+
+
+def _frame(envelope: Envelope, wire: bool) -> bytes:
+    """The frame of a message outside any stream: as is, or wrapped for ``fws.v1``."""
+    if not wire:
+        return encode_frame(envelope.opcode, envelope.payload)
+    return encode_frame(OP_TEXT, plain_message(envelope.opcode, envelope.payload).encode())

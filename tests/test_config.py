@@ -29,6 +29,7 @@ BAD_VALUES = [
     ("WEBSOCKET_HUB_OPTIONS", ["name", "x"]),
     ("WEBSOCKET_MAX_CONNECTIONS", 0),
     ("WEBSOCKET_MAX_CONNECTIONS_PER_IP", "10"),
+    ("WEBSOCKET_HISTORY", {"chat:*": {"size": 0}}),
 ]
 
 

@@ -246,6 +246,13 @@ class Backend(abc.ABC):
             raise value
         return value
 
+    def run_in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
+        """As :meth:`run_blocking`, but always in a system thread.
+
+        For calls that block in C whatever gevent patched (SQLite).
+        """
+        return self.run_blocking(function, *args)
+
     def run_blocking(self, function: Callable[..., Any], *args: Any) -> Any:
         """Call ``function(*args)``, which may block on I/O, and return its result.
 

@@ -190,6 +190,11 @@ class GeventBackend(Backend):
     def in_foreign_thread(self) -> bool:
         return bool(_system_thread_id() != self._thread)
 
+    def run_in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
+        if self.in_event_loop():
+            raise RuntimeError("run_in_thread() cannot wait in the event loop")
+        return get_hub().threadpool.apply(function, args)
+
     def run_blocking(self, function: Callable[..., Any], *args: Any) -> Any:
         if self.in_event_loop():
             raise RuntimeError("run_blocking() cannot wait in the event loop")

@@ -18,6 +18,7 @@ connection's joins and leaves (the redis hub records presence in Redis), and
 from __future__ import annotations
 
 import abc
+import dataclasses
 import logging
 import os
 import struct
@@ -25,6 +26,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
 from ..exceptions import WebSocketError
+from ..history import (
+    Entry,
+    HistoryPolicy,
+    HistoryStore,
+    Limits,
+    MemoryStore,
+    Position,
+    Recovery,
+    recovery,
+)
 from ..logs import RateLimitedLog
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,6 +79,10 @@ MAX_ROOM_BYTES = 200
 
 _VERSION = 1
 _HEADER = struct.Struct("!BBBBBB")  # version, kind, opcode, len(target), len(skip), len(origin)
+#: Version 2 adds a stream position (a room with history); the others stay
+#: version 1, so that workers of the previous release (a rolling deploy) read them.
+_VERSION_POSITION = 2
+_POSITION = struct.Struct("!QB")  # offset, len(epoch)
 
 
 class HubError(WebSocketError):
@@ -80,6 +95,10 @@ class HubError(WebSocketError):
 
 class BroadcastTooLarge(WebSocketError, ValueError):
     """The message is larger than the hub can carry (``max_broadcast_size``)."""
+
+
+#: An offset past any real one: read a stream's epoch and last offset, no entries.
+_NOTHING = 2**62
 
 
 def check_room(room: Any) -> str:
@@ -153,12 +172,21 @@ class Envelope:
     target: str = ""
     skip: str = ""
     origin: str = ""
+    #: The message's place in its room's stream (rooms with history), else "" and 0.
+    epoch: str = ""
+    offset: int = 0
 
     def encode(self) -> bytes:
         """The envelope as bytes, for sockets and Redis."""
         target, skip, origin = self.target.encode(), self.skip.encode(), self.origin.encode()
-        header = _HEADER.pack(_VERSION, self.kind, self.opcode, len(target), len(skip), len(origin))
-        return b"".join((header, target, skip, origin, self.payload))
+        lengths = (len(target), len(skip), len(origin))
+        if not self.offset:
+            header = _HEADER.pack(_VERSION, self.kind, self.opcode, *lengths)
+            return b"".join((header, target, skip, origin, self.payload))
+        epoch = self.epoch.encode()
+        header = _HEADER.pack(_VERSION_POSITION, self.kind, self.opcode, *lengths)
+        position = _POSITION.pack(self.offset, len(epoch))
+        return b"".join((header, position, epoch, target, skip, origin, self.payload))
 
     @classmethod
     def decode(cls, data: bytes) -> Envelope:
@@ -166,18 +194,29 @@ class Envelope:
         if len(data) < _HEADER.size:
             raise ValueError("envelope too short")
         version, kind, opcode, target_len, skip_len, origin_len = _HEADER.unpack_from(data)
-        if version != _VERSION or kind not in _KINDS:
+        if version not in (_VERSION, _VERSION_POSITION) or kind not in _KINDS:
             raise ValueError(f"unknown envelope version {version} or kind {kind}")
         if opcode not in (0x1, 0x2, OP_CLOSE):
             raise ValueError(f"envelope with opcode {opcode}")
         position = _HEADER.size
+        offset, epoch = 0, ""
+        if version == _VERSION_POSITION:
+            if len(data) < position + _POSITION.size:
+                raise ValueError("truncated envelope")
+            offset, epoch_len = _POSITION.unpack_from(data, position)
+            position += _POSITION.size
+            epoch = data[position : position + epoch_len].decode()
+            position += epoch_len
+            if not offset or not epoch:
+                raise ValueError("envelope with an empty position")
         fields = []
         for length in (target_len, skip_len, origin_len):
             fields.append(data[position : position + length].decode())
             position += length
         if position > len(data):
             raise ValueError("truncated envelope")
-        return cls(kind, opcode, bytes(data[position:]), *fields)
+        target, skip, origin = fields
+        return cls(kind, opcode, bytes(data[position:]), target, skip, origin, epoch, offset)
 
 
 class Hub(abc.ABC):
@@ -208,6 +247,11 @@ class Hub(abc.ABC):
         self.backend: Backend = backend
         self._started = False
         self._malformed_log = RateLimitedLog(logger)
+        #: Which rooms keep history (``WEBSOCKET_HISTORY``); set by the extension.
+        self.history = HistoryPolicy(None)
+        self._history_store: Optional[HistoryStore] = None
+        registry.streams.backend = self.backend
+        registry.streams.fill_gap = self._fill_gap
 
     # -- public ------------------------------------------------------------
 
@@ -246,8 +290,86 @@ class Hub(abc.ABC):
                 f"limit of {self.max_payload} bytes"
             )
         self.start()
+        limits = None
+        if envelope.kind == KIND_ROOM and envelope.opcode != OP_CLOSE and self.history:
+            limits = self.history.limits_for(envelope.target)
+        if limits is not None:
+            # A room with history: the store gives the message its position,
+            # and this process delivers it in offset order with the others.
+            positioned = self._publish_to_stream(envelope, limits)
+            self.registry.deliver(positioned)
+            return
         self.registry.deliver(envelope)
         self._publish(envelope)
+
+    # -- history ---------------------------------------------------------------
+
+    def history_store(self) -> HistoryStore:
+        """Where this hub keeps the rooms' streams (made on first use)."""
+        store = self._history_store
+        if store is None:
+            store = self._history_store = self._make_history_store()
+        return store
+
+    def _make_history_store(self) -> HistoryStore:
+        """The store for this hub's kind (the memory hub: this process only)."""
+        return MemoryStore()
+
+    def _store_call(self, function: Any, *args: Any) -> Any:
+        """Call the store: in a thread when it blocks (SQLite, Redis), where the caller may wait."""
+        store = self.history_store()
+        if not store.blocking or self.backend.in_event_loop():
+            return function(*args)
+        if store.needs_system_thread:
+            return self.backend.run_in_thread(function, *args)
+        return self.backend.run_blocking(function, *args)
+
+    def _publish_to_stream(self, envelope: Envelope, limits: Limits) -> Envelope:
+        """Append ``envelope`` to its room's stream, hand it to the others; it, positioned."""
+        store = self.history_store()
+        position = self._store_call(
+            store.append, envelope.target, envelope.opcode, envelope.payload, limits
+        )
+        positioned = dataclasses.replace(envelope, epoch=position.epoch, offset=position.offset)
+        self._publish(positioned)
+        return positioned
+
+    def recover(self, room: str, since: Optional[Position], limits: Limits) -> Recovery:
+        """What a member that joins ``room`` with ``since`` gets: the store's answer."""
+        store = self.history_store()
+        after = since.offset if since is not None else _NOTHING
+        epoch, last, kept = self._store_call(store.read, room, after, limits)
+        if since is not None and since.epoch != epoch:  # another stream: all it holds
+            epoch, last, kept = self._store_call(store.read, room, 0, limits)
+        return recovery(epoch, last, kept, since)
+
+    def read_history(self, room: str) -> Tuple[str, int, List[Entry]]:
+        """``(epoch, last offset, entries)`` of ``room``'s history (empty without any)."""
+        limits = self.history.limits_for(room)
+        if limits is None:
+            return "", 0, []
+        self.start()
+        result: Tuple[str, int, List[Entry]] = self._store_call(
+            self.history_store().read, room, 0, limits
+        )
+        return result
+
+    def _fill_gap(self, room: str, after: int) -> None:
+        """A gap in ``room``'s offsets lasted: read what follows ``after`` from the store."""
+        limits = self.history.limits_for(room)
+        if limits is None:
+            return
+
+        def task() -> None:
+            try:
+                epoch, _, kept = self._store_call(self.history_store().read, room, after, limits)
+            except Exception as exc:  # the store is away: the next gap tries again
+                logger.warning("could not read the history of %r to fill a gap (%s)", room, exc)
+                return
+            with self.backend.guarded():
+                self.registry.streams.deliver_entries(room, epoch, kept)
+
+        self.backend.spawn(task)
 
     def members(self, room: str) -> List[str]:
         """Ids of the connections in ``room`` in every process, sorted."""

@@ -60,6 +60,7 @@ from .. import transport
 from ..concurrency.base import Backend, Event, Timer, Watcher
 from ..config import option_error
 from ..exceptions import ConfigurationError
+from ..history import HistoryStore
 from .base import Envelope, Hub, HubError, RateLimitedLog
 
 __all__ = ["MAX_MESSAGE", "LocalHub", "group_addresses"]
@@ -540,7 +541,7 @@ class LocalHub(Hub):
         except OSError as exc:
             self.log.warning("credentials", "local hub: no credentials for %s (%s)", what, exc)
             return False
-        if uid == self._uid or uid == 0:  # root may do anything anyway (`sudo flask ...`)
+        if uid == self._uid or uid == 0:  # root may do anything anyway
             return True
         self.log.warning(
             "foreign",
@@ -593,6 +594,13 @@ class LocalHub(Hub):
         for query in self._queries.values():
             query.gone(link)
         link.welcomed = True
+
+    def _make_history_store(self) -> HistoryStore:
+        """The deployment's SQLite database, in its user's private directory."""
+        from ..sqlite_history import SqliteStore, private_directory
+
+        name = self.group[len(_PREFIX) : -1]
+        return SqliteStore(private_directory() / f"{name}.sqlite3")
 
     def _warn_if_alone(self) -> None:
         if self.listening or self._warned_alone:

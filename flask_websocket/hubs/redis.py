@@ -61,6 +61,7 @@ from urllib.parse import urlsplit, urlunsplit
 from ..concurrency import blocking
 from ..config import option_error
 from ..exceptions import ConfigurationError
+from ..history import Entry, HistoryStore, Limits, Position, new_epoch
 from .base import KIND_DIRECT, KIND_ROOM, Envelope, Hub, HubError, RateLimitedLog
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -130,6 +131,112 @@ def channel_for(prefix: str, envelope: Envelope) -> str:
     if envelope.kind == KIND_DIRECT:
         return channel_node(prefix, envelope.target.split(".")[0])
     return channel_all(prefix)
+
+
+def stream_keys(prefix: str, room: str) -> List[str]:
+    """The keys of ``room``'s history: the stream, its last offset, its epoch.
+
+    One hash tag (``{room}``) for the three, so that they live on one shard
+    of a Redis Cluster, and each room's on its own.
+    """
+    tag = "{" + room + "}"
+    return [f"{prefix}stream:{tag}", f"{prefix}offset:{tag}", f"{prefix}epoch:{tag}"]
+
+
+#: Append one message to a room's stream and return its position: the
+#: stream's epoch (a new one, and an empty stream, if Redis lost it) and the
+#: next offset. Trimmed to the newest ARGV[1] entries; idle rooms expire.
+_APPEND = """
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[3], epoch)
+  redis.call('DEL', KEYS[1], KEYS[2])
+end
+local offset = redis.call('INCR', KEYS[2])
+local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', ARGV[1], '0-' .. offset,
+                          'c', ARGV[3], 'p', ARGV[4], 't', ARGV[5])
+if type(added) == 'table' and added.err then
+  -- The counter and the stream disagree (one of them was evicted): a new stream.
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[3], epoch)
+  redis.call('DEL', KEYS[1])
+  offset = 1
+  redis.call('SET', KEYS[2], offset)
+  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '0-1', 'c', ARGV[3], 'p', ARGV[4], 't', ARGV[5])
+end
+local keep = tonumber(ARGV[6])
+if keep > 0 then
+  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], keep) end
+end
+return {epoch, offset}
+"""
+
+
+class RedisStore(HistoryStore):
+    """Rooms' streams in Redis: one stream per room, offsets without gaps, an epoch.
+
+    An offset counter per room gives each message the next offset (the
+    stream's entry id is ``0-<offset>``), inside one Lua script with the
+    append, so two hosts that publish into a room at once get consecutive
+    offsets. The epoch is chosen when the room's stream is (re)created: when
+    Redis lost it (a restart without persistence, a flush), clients are told
+    that recovery was not complete. A room whose history has a ``ttl``
+    expires, keys and all, after that long without a message.
+    """
+
+    def __init__(self, hub: RedisHub) -> None:
+        self._hub = hub
+        self._append: Any = None
+
+    def _client(self) -> redis.Redis:
+        client = self._hub._client
+        if client is None:
+            raise HubError("redis hub: not started")
+        return client
+
+    def append(self, room: str, opcode: int, payload: bytes, limits: Limits) -> Position:
+        client = self._client()
+        if self._append is None:
+            self._append = client.register_script(_APPEND)
+        keep_ms = int(limits.ttl * 1000) if limits.ttl else 0
+        keys = stream_keys(self._hub.prefix, room)
+        args = [limits.size, new_epoch(), opcode, payload, int(time.time() * 1000), keep_ms]
+        try:
+            epoch, offset = self._append(keys=keys, args=args)
+        except Exception as exc:
+            if not _is_redis_error(exc):
+                raise
+            raise HubError(
+                f"redis hub: could not add to the history of {room!r} on "
+                f"{safe_url(self._hub.url)} ({exc}); nobody got the message"
+            ) from exc
+        return Position(_text(epoch), int(offset))
+
+    def read(self, room: str, after: int, limits: Limits) -> Tuple[str, int, List[Entry]]:
+        stream, offset_key, epoch_key = stream_keys(self._hub.prefix, room)
+        pipe = self._client().pipeline(transaction=True)  # one snapshot
+        pipe.get(epoch_key)
+        pipe.get(offset_key)
+        pipe.xrange(stream, min=f"0-{after + 1}", max="+")
+        try:
+            epoch, last, rows = pipe.execute()
+        except Exception as exc:
+            if not _is_redis_error(exc):
+                raise
+            raise HubError(
+                f"redis hub: could not read the history of {room!r} on "
+                f"{safe_url(self._hub.url)} ({exc})"
+            ) from exc
+        oldest = (time.time() - limits.ttl) * 1000 if limits.ttl else 0
+        entries = []
+        for entry_id, fields in rows:
+            fields = {_text(k): v for k, v in fields.items()}
+            when = int(fields["t"])
+            if when >= oldest:
+                offset = int(_text(entry_id).split("-")[1])
+                entries.append(Entry(offset, int(fields["c"]), bytes(fields["p"]), when / 1000))
+        return (_text(epoch) if epoch else ""), int(last or 0), entries
 
 
 def members_key(prefix: str, room: str) -> str:
@@ -373,6 +480,9 @@ class RedisHub(Hub):
                 self._remove_own_presence()
             except Exception as exc:  # best effort: the entries expire anyway
                 logger.debug("redis hub: could not remove presence entries (%s)", exc)
+
+    def _make_history_store(self) -> HistoryStore:
+        return RedisStore(self)
 
     def _publish(self, envelope: Envelope) -> None:
         if envelope.kind == KIND_DIRECT and envelope.target.split(".")[0] == self.node_id:

@@ -43,6 +43,7 @@ class StandInConnection:
     def __init__(self, registry: RoomRegistry, user_id: Optional[str] = None) -> None:
         self._registry = registry
         self.user_id = user_id
+        self.wire = False  # plain frames (no fws.v1): the contract checks the bytes
         self.closed_with: Optional[tuple] = None
         self._id: Optional[str] = None
         self._rooms: set = set()
