@@ -40,6 +40,7 @@ nitpicky = True
 # Names in signatures and docstrings that are not on this site and have no
 # inventory here: internal helpers shown in type hints, and typing aliases.
 nitpick_ignore_regex = [
+    ("py:class", r"flask_websocket\.extension\.[HL]"),  # decorators' type variables
     ("py:.*", r"flask_websocket\.(protocol|concurrency|rooms|transport|hubs\.base)\..*"),
     ("py:.*", r"(Message|Backend|RoomRegistry|Envelope|ServerProtocol|ConnectionOptions)"),
     ("py:.*", r"(.*\.)?(H|_T|Handler|StartResponse)"),

@@ -1,7 +1,7 @@
 """The ``fws.v1`` subprotocol: what clients that resume speak.
 
 A client that offers the WebSocket subprotocol ``fws.v1`` (the JavaScript
-client the extension serves, :mod:`flask_websocket.client` for Python) gets
+client the extension serves, ``flask_websocket.client`` for Python) gets
 every message from the server as a small JSON text message, so that it
 learns the stream position of each message of a room with history, and can
 come back after a drop from where it was:
