@@ -62,7 +62,7 @@ from .protocol import (
     encode_message,
 )
 from .sendqueue import OVERFLOW_POLICIES, SendQueue, shutdown_write
-from .wire import SUBPROTOCOL, plain_message
+from .wire import SUBPROTOCOL, heartbeat_message, plain_message
 
 if TYPE_CHECKING:  # pragma: no cover
     from .rooms import RoomRegistry
@@ -674,6 +674,8 @@ class WebSocketConnection:
             return False
         self._protocol.send_ping(payload)
         self._flush_protocol()
+        if self._wire and not self._torn_down:  # fws.v1 clients see pings this way
+            self.offer_frame(encode_frame(OP_TEXT, heartbeat_message(self._options.ping_interval)))
         return not self._torn_down
 
     def _keepalive_timed_out(self) -> None:

@@ -11,7 +11,10 @@ come back after a drop from where it was:
 - ``{"r": room, "e": epoch, "o": offset, "d"|"b": ...}``: a message of a
   room's stream, at its position;
 - ``{"j": room, "e": epoch, "o": offset, "recovered": true|false}``: the
-  answer to a join: the room's position, and whether nothing was missed.
+  answer to a join: the room's position, and whether nothing was missed;
+- ``{"h": seconds}``: a heartbeat, with each keepalive ping (browsers
+  cannot see pings), every ``seconds``: a client that hears nothing for
+  about two of them takes the connection for dead and reconnects.
 
 A join's answer comes before the messages it replays: then, in order, every
 message after the position the client gave (when ``recovered`` is true,
@@ -35,6 +38,7 @@ from .history import Position
 __all__ = [
     "SINCE_PARAMETER",
     "SUBPROTOCOL",
+    "heartbeat_message",
     "joined_message",
     "parse_since",
     "plain_message",
@@ -73,6 +77,11 @@ def joined_message(room: str, position: Position, recovered: bool) -> str:
     """The answer to a join: where the room's stream is, and whether nothing was missed."""
     body = {"j": room, "e": position.epoch, "o": position.offset, "recovered": recovered}
     return json.dumps(body, **_COMPACT)  # type: ignore[arg-type]
+
+
+def heartbeat_message(interval: Optional[float]) -> bytes:
+    """The heartbeat ``fws.v1`` clients get with each keepalive ping."""
+    return json.dumps({"h": interval or 0}).encode()
 
 
 def parse_since(values: Iterable[str]) -> Dict[str, Position]:
