@@ -477,3 +477,31 @@ def test_migrated_socketio_chat() -> None:
         assert json.loads(ann.receive()) == said and json.loads(bob.receive()) == said
         bob.close()
         assert json.loads(ann.receive()) == {"type": "left", "nick": "bob"}
+
+
+# ---------------------------------------------------------------------------
+# docs/examples/history.py (docs/rooms.rst)
+
+
+def test_history_example_replays_what_a_resuming_client_missed() -> None:
+    from docs.examples.history import app
+
+    client = WebSocketTestClient(app)
+    reader = client.connect("/news/tech", subprotocols=["fws.v1"])
+    joined = json.loads(reader.receive())
+    assert joined["j"] == "news:tech" and joined["recovered"] is True
+    writer = client.connect("/news/tech")  # a plain client: no positions
+    writer.send("first")
+    first = json.loads(reader.receive())
+    assert first["d"] == "first" and first["r"] == "news:tech"
+    reader.close()
+    writer.send("second")
+    writer.send("third")
+    since = f"news:tech:{first['e']}:{first['o']}"
+    back = client.connect("/news/tech", subprotocols=["fws.v1"], query_string=f"fws_since={since}")
+    answer = json.loads(back.receive())
+    assert answer["recovered"] is True
+    assert [json.loads(back.receive())["d"] for _ in range(2)] == ["second", "third"]
+    assert app.test_client().get("/news/tech/latest").json == ["first", "second", "third"]
+    back.close()
+    writer.close()
