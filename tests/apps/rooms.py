@@ -8,6 +8,9 @@ Commands a client sends on ``/ws/<room>`` (after the server's ``id:...``):
 - ``members``         reply with the room's members (JSON list)
 - ``burst:<n>:<size>`` broadcast n messages of size bytes to the room, then
   reply ``burst done`` (the broadcasts never wait for slow members)
+- ``try:<text>``      broadcast to this room, skipping the sender, and reply
+  ``sent:<text>``, or ``hub-error:<text>`` if the hub raised HubError (the
+  publisher's view of a hub outage: the handler catches it and goes on)
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import click
 import gevent
 from flask import Flask, request
 
-from flask_websocket import WebSocket, WebSocketConnection
+from flask_websocket import HubError, WebSocket, WebSocketConnection
 
 app = Flask(__name__)
 if os.environ.get("FWS_HUB_URL"):
@@ -55,6 +58,13 @@ def member(ws: WebSocketConnection, room: str) -> None:
             websocket.send_to(target, text)
         elif command == "members":
             ws.send("members:" + json.dumps(websocket.members(room)))
+        elif command == "try":
+            try:
+                websocket.broadcast(argument, room=room, skip=ws)
+            except HubError:
+                ws.send(f"hub-error:{argument}")
+            else:
+                ws.send(f"sent:{argument}")
         elif command == "rooms":
             ws.send("rooms:" + json.dumps(sorted(ws.rooms)))
         elif command == "slowmode":
