@@ -754,10 +754,22 @@ async def _send(writer: asyncio.StreamWriter, data: bytes) -> None:
 
 
 async def open_websocket(
-    port: int, path: str = "/echo", timeout: float = CASE_TIMEOUT
+    port: int, path: str = "/echo", timeout: float = CASE_TIMEOUT, rcvbuf: Optional[int] = None
 ) -> Tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A TCP connection to 127.0.0.1 with a completed opening handshake."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+    """A TCP connection to 127.0.0.1 with a completed opening handshake.
+
+    ``rcvbuf`` shrinks the client's receive buffer (set before connecting, so
+    that the TCP window is small): a client that stops reading is felt at once.
+    """
+    if rcvbuf is None:
+        connecting = asyncio.open_connection("127.0.0.1", port)
+    else:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        connecting = asyncio.open_connection(sock=sock)
+    reader, writer = await asyncio.wait_for(connecting, timeout)
     try:
         key = base64.b64encode(os.urandom(16)).decode()
         writer.write(handshake_request(port, path, key))
@@ -1211,3 +1223,49 @@ def raw_exchange(port: int, request: bytes, timeout: float = 10.0) -> bytes:
                 break
             received += chunk
         return received
+
+
+class FrameStream:
+    """Reads a server's frames fast, in big chunks (for floods of messages)."""
+
+    def __init__(self, reader: asyncio.StreamReader, keep: Optional[int] = None) -> None:
+        self.reader = reader
+        self.buffer = bytearray()
+        #: Bytes of each payload to keep (all if None): big floods need only a prefix.
+        self.keep = keep
+
+    async def frames(self, timeout: float = 30.0) -> List[Tuple[int, bytes, int]]:
+        """(opcode, payload or its first ``keep`` bytes, length) of the frames that
+        are complete after the next read: at least one, else Closed or a timeout."""
+        while True:
+            frames = self._parse()
+            if frames:
+                return frames
+            try:
+                chunk = await asyncio.wait_for(self.reader.read(1 << 20), timeout)
+            except (ConnectionResetError, BrokenPipeError):
+                raise Closed("reset") from None
+            if not chunk:
+                raise Closed("eof")
+            self.buffer += chunk
+
+    def _parse(self) -> List[Tuple[int, bytes, int]]:
+        frames = []
+        buffer, pos = self.buffer, 0
+        while len(buffer) - pos >= 2:
+            length, head = buffer[pos + 1] & 0x7F, 2
+            if length == 126:
+                if len(buffer) - pos < 4:
+                    break
+                length, head = int.from_bytes(buffer[pos + 2 : pos + 4], "big"), 4
+            elif length == 127:
+                if len(buffer) - pos < 10:
+                    break
+                length, head = int.from_bytes(buffer[pos + 2 : pos + 10], "big"), 10
+            if len(buffer) - pos < head + length:
+                break
+            end = pos + head + (length if self.keep is None else min(length, self.keep))
+            frames.append((buffer[pos] & 0x0F, bytes(buffer[pos + head : end]), length))
+            pos += head + length
+        del buffer[:pos]
+        return frames
