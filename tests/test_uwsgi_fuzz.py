@@ -17,6 +17,7 @@ run, and its RSS within a stated allowance of where it was after a warm-up.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass
@@ -288,3 +289,54 @@ def test_a_request_line_without_a_method_leaves_no_traceback(start_uwsgi, mode: 
         assert answer == b"" or answer.split(b" ", 2)[1][:1] == b"4", answers
     assert "Traceback" not in server.log(), server.log()[-3000:]
     assert server.crash_lines() == []
+
+
+# ---------------------------------------------------------------------------
+# The fuzzer's own checks
+
+
+def test_a_seed_replays_the_same_bytes() -> None:
+    """``FWS_FUZZ_SEED`` and a case's index give back its exact bytes (so a failure replays)."""
+    first = [hostile.make_case(1234, i, 8000) for i in range(300)]
+    again = [hostile.make_case(1234, i, 8000) for i in range(300)]
+    other = [hostile.make_case(1235, i, 8000) for i in range(300)]
+    assert [c.chunks for c in first] == [c.chunks for c in again]
+    assert [c.chunks for c in first] != [c.chunks for c in other]
+    assert len({c.category for c in first}) >= 20  # every kind comes up in a few hundred
+
+
+def test_random_bytes_always_end_in_a_verdict() -> None:
+    """A random stream is completed to a frame boundary, then ended by a frame no server takes."""
+    for seed in range(200):
+        case = hostile.make_case(seed, 0, 8000)
+        data = b"".join(case.chunks)
+        split = hostile.split_frames(hostile._with_terminator(data))
+        assert split.header_error or split.missing == 0, (seed, data[:40])
+    # A text frame announcing 100 bytes with 10 sent: 90 zeros, then the terminator.
+    partial = hostile.frame(hostile.OP_TEXT, b"x" * 100)[:16]
+    completed = hostile._with_terminator(partial)
+    assert completed.endswith(hostile.TERMINATOR)
+    assert len(completed) == 2 + 4 + 100 + len(hostile.TERMINATOR)
+    assert hostile.split_frames(completed).header_error
+
+
+def test_the_fuzzer_reports_a_wrong_answer(start_uwsgi) -> None:
+    """The checks can fail: cases with wrong expectations are reported, right ones are not."""
+    server = start_uwsgi(APP, gevent=100)
+    unmasked = [hostile.frame(hostile.OP_TEXT, b"naked", mask=False)]
+    right = hostile.Case(0, "unmasked", unmasked, codes=frozenset({1002}))
+    wrong = hostile.Case(1, "unmasked", unmasked, codes=frozenset({1009}))
+    request = hostile.handshake_request(server.port, "/echo", "short")
+    refused = hostile.Case(2, "http", [request], handshake=False, statuses=frozenset({101}))
+
+    async def run() -> list:
+        return [
+            await hostile.run_frame_case(right, server.port),
+            await hostile.run_frame_case(wrong, server.port),
+            await hostile.run_http_case(refused, server.port),
+        ]
+
+    (_, ok), (outcome, failure), (status, refusal) = asyncio.run(run())
+    assert ok is None
+    assert outcome == "close 1002" and "expected close [1009]" in str(failure)
+    assert status == "http 400" and "status 400" in str(refusal)
