@@ -14,10 +14,11 @@ The fuzzer
     handshake (random request lines, a required header missing or mangled,
     junk headers, oversized headers, random bytes, a request cut short).
     Each case knows what a correct server does: the close code for frames
-    whose error has one, or for random bytes, a close code 1000-1015 or a
-    dropped connection and never an echo of anything but a complete message
-    that was sent. :func:`run_cases` runs them over many concurrent
-    connections and returns the failures, each with its index, so that
+    whose error has one, or for random bytes, a close code 1000-1015 (or
+    the code of a valid close frame among them) or a dropped connection, and
+    never an echo of anything but a complete message that was sent.
+    :func:`run_cases` runs them over many concurrent connections and returns
+    the failures, each with its index, so that
     ``FWS_FUZZ_SEED=<seed>`` and the index replay it alone.
 
 The soak
@@ -851,8 +852,15 @@ async def run_frame_case(case: Case, port: int) -> Tuple[str, Optional[str]]:
             if (opcode, payload) in messages:
                 continue
             return outcome, f"a reply that was never sent: {opcode:#x} {payload[:100]!r}"
-        if reply.close_code is not None and not 1000 <= reply.close_code <= 1015:
-            return outcome, f"close code {reply.close_code}, not 1000-1015"
+        # A close code of the server's own, or the echo of a close frame sent.
+        sent_codes = {
+            struct.unpack("!H", payload[:2])[0]
+            for _, opcode, payload in split_frames(data).frames
+            if opcode == OP_CLOSE and len(payload) >= 2
+        }
+        code = reply.close_code
+        if code is not None and not 1000 <= code <= 1015 and code not in sent_codes:
+            return outcome, f"close code {code}, not 1000-1015 nor one sent"
         return outcome, None
     if reply.close_code not in case.codes:
         return outcome, f"{outcome}, expected close {sorted(case.codes)}"

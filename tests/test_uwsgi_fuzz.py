@@ -148,7 +148,8 @@ def test_fuzz_every_case_is_answered_as_rfc_6455_says(fuzzed: Run) -> None:
 
     Frames with a known error: that close code (1002 protocol error, 1007
     invalid UTF-8, 1009 too big; a legal close code is echoed), then the TCP
-    connection ends. Random bytes: a close code 1000-1015 or a hang-up, and
+    connection ends. Random bytes: a close code 1000-1015 (or the echo of a
+    valid close frame among them) or a hang-up, and
     nothing sent back but pongs and echoes of complete messages that were
     sent. Handshakes: the right refusal (400, 426, 404...), never a 101 for
     a request that is not a valid handshake, and a working echo when it is.
