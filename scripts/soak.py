@@ -75,6 +75,9 @@ def soak(mode: str, args: argparse.Namespace, log_dir: Path) -> List[str]:
         before = {pid: hostile.settle(pid, timeout=15) for pid in pids}
         log_start = len(server.log())
         bystander = hostile.Bystander(server.url("/echo"))
+        # Between rounds the bystander's connection is open: one fd in the
+        # worker, two in the router.
+        during = {pid: before[pid][0] + (1 if pid in workers else 2) for pid in pids}
         total, seconds, failures = 0, 0.0, 0
         per_round = max(1, args.cycles // args.rounds)
         try:
@@ -85,7 +88,7 @@ def soak(mode: str, args: argparse.Namespace, log_dir: Path) -> List[str]:
                 total += result.cycles
                 seconds += result.seconds
                 failures += result.failure_count
-                now = {pid: hostile.settle(pid, before[pid][0], timeout=15) for pid in pids}
+                now = {pid: hostile.settle(pid, during[pid], timeout=15) for pid in pids}
                 rss = ", ".join(f"{pid}: {now[pid][1] / MIB:.2f} MiB" for pid in pids)
                 fds = ", ".join(f"{pid}: {now[pid][0]}" for pid in pids)
                 print(f"round {round_ + 1}: {result.summary()}")
