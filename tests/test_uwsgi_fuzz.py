@@ -43,13 +43,13 @@ SOAK_WARMUP = 4000
 #: memory freed by Python's allocator and glibc's malloc mostly stays mapped
 #: (arenas are returned only when wholly empty), so RSS after a load is its
 #: high-water mark, not what it still uses. After the warm-up, the growth
-#: measured over 20 000 cases was 0.3-2 MiB; a leak of one connection's
+#: measured over 20 000 cases was -0.1 to 3.4 MiB; a leak of one connection's
 #: objects per case (a protocol, its buffers, a greenlet: several KiB) would
 #: be tens of MiB.
 FUZZ_RSS_ALLOWANCE = 8 * hostile.MIB
-#: RSS allowance per soak cycle: measured growth after the warm-up was 0-120
-#: B per cycle, falling to 0-6 B per cycle once the allocator has warmed up
-#: (scripts/soak.py); a leaked connection costs several KiB.
+#: RSS allowance per soak cycle: measured growth after a warm-up was 61-96 B
+#: a cycle over 20 000 cycles, and over 60 000 RSS rose and fell by a few MiB
+#: (scripts/soak.py, docs/security.rst); a leaked connection costs several KiB.
 SOAK_RSS_PER_CYCLE = 1024
 #: The server's ping interval and timeout in the soak: a silent client is
 #: closed with 1011 after about 2 s; the soak reads it after 4 s.
