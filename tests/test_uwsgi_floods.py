@@ -86,10 +86,10 @@ def server_pids(server: UwsgiServer) -> List[int]:
 
 READERS = 49
 STREAM_SIZE = 64 * 1024
-#: Bytes a second to each member. Behind the router every byte is copied
-#: once more, by one process: 49 x 10 MB/s is more than it relays on a busy
-#: 2-core machine (the readers then fall behind and are cut off as slow
-#: consumers, rightly), so the router gets half the rate.
+#: Bytes a second to each member. Behind the router every byte is copied once
+#: more; at 10 MB/s to 49 readers it passed on a quiet 2-core machine, but with
+#: other work on it the readers fell behind and were cut off as slow consumers
+#: (1013, rightly, with 1 MiB and with 4 MiB send queues): half the rate there.
 STREAM_RATES = {"http-socket": 10_000_000, "http": 5_000_000}
 STREAM_SECONDS = 3
 
