@@ -8,6 +8,11 @@ Commands a client sends on ``/ws/<room>`` (after the server's ``id:...``):
 - ``members``         reply with the room's members (JSON list)
 - ``burst:<n>:<size>`` broadcast n messages of size bytes to the room, then
   reply ``burst done`` (the broadcasts never wait for slow members)
+- ``stream:<n>:<size>:<rate>`` broadcast n messages of size bytes to the
+  room at ``rate`` bytes a second (paced), then reply ``stream done``
+- ``try:<text>``      broadcast to this room, skipping the sender, and reply
+  ``sent:<text>``, or ``hub-error:<text>`` if the hub raised HubError (the
+  publisher's view of a hub outage: the handler catches it and goes on)
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ import dataclasses
 import json
 import os
 import socket
+import time
 
 import click
 import gevent
 from flask import Flask, request
 
-from flask_websocket import WebSocket, WebSocketConnection
+from flask_websocket import HubError, WebSocket, WebSocketConnection
 
 app = Flask(__name__)
 if os.environ.get("FWS_HUB_URL"):
@@ -55,6 +61,13 @@ def member(ws: WebSocketConnection, room: str) -> None:
             websocket.send_to(target, text)
         elif command == "members":
             ws.send("members:" + json.dumps(websocket.members(room)))
+        elif command == "try":
+            try:
+                websocket.broadcast(argument, room=room, skip=ws)
+            except HubError:
+                ws.send(f"hub-error:{argument}")
+            else:
+                ws.send(f"sent:{argument}")
         elif command == "rooms":
             ws.send("rooms:" + json.dumps(sorted(ws.rooms)))
         elif command == "slowmode":
@@ -74,6 +87,20 @@ def member(ws: WebSocketConnection, room: str) -> None:
                 if i % 50 == 49:
                     gevent.sleep(0)  # a publisher that lets the loop write now and then
             ws.send("burst done")
+        elif command == "stream":
+            count, size, rate = (int(part) for part in argument.split(":"))
+            started = time.monotonic()
+            for i in range(count):  # bounded by the client's request
+                websocket.broadcast(f"{i}:".ljust(size, "x"), room=room, skip=ws)
+                gevent.sleep(max(0.0, started + (i + 1) * size / rate - time.monotonic()))
+            ws.send(f"stream done in {time.monotonic() - started:.2f} s")
+
+
+@websocket.route("/echo")
+def echo(ws: WebSocketConnection) -> None:
+    """Echo every message (a bystander's route)."""
+    for message in ws:
+        ws.send(message)
 
 
 @app.post("/broadcast")
