@@ -294,6 +294,12 @@ def capture_start_response(
     def flask_websocket_middleware(
         environ: Dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
+        if not environ.get("REQUEST_METHOD"):
+            # uWSGI's --http-socket hands on a request line without a method
+            # ("GET\r\n\r\n", garbage): Flask would fail with a traceback per
+            # request, which any client could cause at will. The client's error.
+            start_response("400 Bad Request", [("Content-Type", "text/plain")])
+            return [b"Bad request: no method in the request line.\n"]
         environ[START_RESPONSE_KEY] = start_response
         return inner(environ, start_response)
 

@@ -184,24 +184,7 @@ def test_fuzz_fds_and_rss_back_where_they_were(fuzzed: Run) -> None:
         assert rss_after - rss <= FUZZ_RSS_ALLOWANCE, fuzzed.figures()
 
 
-@pytest.fixture
-def known_traceback_bug(fuzzed: Run, request: pytest.FixtureRequest) -> None:
-    if fuzzed.server.mode == "http-socket":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "bug: under --http-socket a request line without a space "
-                    "(b'GET\\r\\n\\r\\n', or random bytes then CRLFCRLF) reaches the app "
-                    "with no REQUEST_METHOD in environ; Flask raises KeyError in "
-                    "request_context() and logs a traceback per request (the client is "
-                    "dropped). See test_a_request_line_without_a_method_leaves_no_traceback."
-                ),
-            )
-        )
-
-
-def test_fuzz_leaves_no_traceback_in_the_log(fuzzed: Run, known_traceback_bug: None) -> None:
+def test_fuzz_leaves_no_traceback_in_the_log(fuzzed: Run) -> None:
     """Nothing a client sends makes the app log a traceback or an error."""
     log = fuzzed.new_log()
     assert "Traceback" not in log, log[log.find("Traceback") - 500 :][:3000]
@@ -261,24 +244,7 @@ def test_soak_leaves_fds_rss_and_worker_as_they_were(soaked: Run) -> None:
 # What the fuzz found
 
 
-@pytest.mark.parametrize(
-    "mode",
-    [
-        pytest.param(
-            "http-socket",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "bug: under --http-socket uWSGI hands b'GET\\r\\n\\r\\n' to the app "
-                    "without REQUEST_METHOD; Flask's request_context() raises KeyError "
-                    "'REQUEST_METHOD' and the worker logs a traceback (and a 500 with no "
-                    "bytes sent) for each such request: a client can fill the log at will"
-                ),
-            ),
-        ),
-        "http",
-    ],
-)
+@pytest.mark.parametrize("mode", ["http-socket", "http"])
 def test_a_request_line_without_a_method_leaves_no_traceback(start_uwsgi, mode: str) -> None:
     """A request line with no space in it is refused or dropped, with nothing in the log."""
     server = start_uwsgi(APP, mode=mode, gevent=100)
