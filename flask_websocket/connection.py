@@ -59,7 +59,7 @@ from .protocol import (
     encode_frame,
     encode_message,
 )
-from .sendqueue import OVERFLOW_POLICIES, SendQueue, shutdown_write
+from .sendqueue import OVERFLOW_POLICIES, SendQueue, reset_on_close, shutdown_write
 
 if TYPE_CHECKING:  # pragma: no cover
     from .rooms import RoomRegistry
@@ -72,6 +72,8 @@ logger = logging.getLogger("flask_websocket")
 
 #: Bytes asked of the kernel per read.
 READ_SIZE = 65536
+#: Reads at most to empty the receive buffer of a connection let go (see _let_go).
+_DRAIN_READS = 64
 
 _BlockingErrors = (BlockingIOError, InterruptedError)
 
@@ -573,7 +575,8 @@ class WebSocketConnection:
                 return
             if sent == len(data):
                 return
-            data = memoryview(data)[sent:]
+            if sent:  # a memoryview marks a frame partly written (see sendqueue.py)
+                data = memoryview(data)[sent:]
             queue = self._send_queue = SendQueue()
         queue.append(data)
         if queue.size > self._options.send_queue_size and not self._backlogged:
@@ -678,7 +681,11 @@ class WebSocketConnection:
     #
     # Keepalive pings stop as soon as the closing handshake starts. While
     # closing, reading goes on (and discards) until EOF, so that the peer
-    # sees our close frame rather than a reset.
+    # sees our close frame rather than a reset. When the deadline passes
+    # first, what still waits for a peer that stopped reading (the "disconnect"
+    # policy's 1013 among it) is cut at a frame boundary and left to the
+    # kernel (_let_go): the peer finds whole frames and the close frame when
+    # it reads again, never a cut frame.
 
     def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Close the connection with ``code`` and ``reason``.
@@ -765,10 +772,13 @@ class WebSocketConnection:
     def _connection_lost(self) -> None:
         self._protocol.fail(CloseCode.ABNORMAL_CLOSURE)
         self._protocol.data_to_send()  # nothing can be written any more
-        self._teardown()
+        self._teardown(lost=True)
 
-    def _teardown(self) -> None:
-        """Stop every watcher and timer, then close our socket. Idempotent."""
+    def _teardown(self, lost: bool = False) -> None:
+        """Stop every watcher and timer, then give back our socket. Idempotent.
+
+        ``lost``: the TCP connection is gone, nothing can be written.
+        """
         if self._torn_down:
             return
         self._torn_down = True
@@ -781,16 +791,53 @@ class WebSocketConnection:
             if watcher is not None:
                 watcher.close()
         self._reader = self._writer = None
-        self._send_queue = None
+        queue, self._send_queue = self._send_queue, None
         if self._registry is not None:
             self._registry.remove(self)
         if self._sock is not None:
+            if not lost and not self._protocol.closed:
+                _let_go(self._sock, queue)
             transport.release_socket(self._sock)  # the server closes the fd
         if self._drained is not None:
             self._drained.set()
         if self._closed_event is not None:
             self._closed_event.set()
         self._inbox_wakeup.notify()
+
+
+def _let_go(sock: _socket.socket, queue: Optional[SendQueue]) -> None:
+    """Leave the end of the stream to the kernel: the closing handshake did not finish.
+
+    The peer did not close within the close timeout (or the handler's
+    ``close()`` stopped waiting). Closing the socket must neither cut a frame
+    nor throw away what the kernel still holds for the peer, our close frame
+    among it:
+
+    * bytes the peer sent that were never read (reading stops while the send
+      queue is over its bound) would make the kernel answer the close with a
+      reset, discarding its send buffer: read them away first;
+    * the send queue's rest is cut at a frame boundary and handed to the
+      kernel (:meth:`SendQueue.hand_over`), which delivers it when the peer
+      reads again. When it cannot take it all, the connection is reset
+      instead, so the peer sees a lost connection, not a cut frame followed
+      by a normal end of stream.
+    """
+    for _ in range(_DRAIN_READS):
+        try:
+            if not sock.recv(READ_SIZE):
+                break
+        except _BlockingErrors:
+            break
+        except OSError:
+            return  # lost: nothing to hand over
+    if queue is None:
+        return
+    try:
+        complete = queue.hand_over(sock)
+    except OSError:
+        return
+    if not complete:
+        reset_on_close(sock)
 
 
 # ----------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -19,7 +20,17 @@ import pytest
 import websockets
 from websockets.sync.client import ClientConnection, connect
 
-from tests.uwsgi_server import REPO_ROOT, UwsgiServer
+from tests.test_uwsgi_hostile import (
+    OP_CLOSE,
+    OP_PING,
+    OP_TEXT,
+    READ_TIMEOUT,
+    RawWebSocket,
+    build_frame,
+    close_payload,
+    handshake_request,
+)
+from tests.uwsgi_server import REPO_ROOT, UwsgiServer, poll_until
 
 pytestmark = pytest.mark.uwsgi
 
@@ -245,3 +256,69 @@ def test_slow_consumer_is_disconnected_and_others_get_everything(start_uwsgi) ->
     assert "send queue full" in server.log()
     assert growth < 64 * 1024 * 1024, f"worker grew by {growth / 2**20:.1f} MiB"
     assert server.crash_lines() == []
+
+
+def _slow_reader(port: int, path: str) -> RawWebSocket:
+    """A raw client with a small receive buffer, so that the kernel absorbs little."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(READ_TIMEOUT)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(handshake_request(port, path, key))
+    response = b""
+    while b"\r\n\r\n" not in response:
+        chunk = sock.recv(1)  # one byte at a time: nothing after the head is taken
+        assert chunk, f"closed during the handshake: {response!r}"
+        response += chunk
+    assert response.split(b" ", 2)[1] == b"101", response
+    return RawWebSocket(sock)
+
+
+@pytest.mark.parametrize("mode", ["http-socket", "http"])
+@pytest.mark.parametrize("reads_again", ["within the close timeout", "after it"])
+def test_a_cut_off_reader_gets_whole_frames_then_1013(
+    start_uwsgi, mode: str, reads_again: str
+) -> None:
+    """What a reader cut off by the disconnect policy finds on the wire.
+
+    Frames of 20 000 bytes, so that the kernel always holds the beginning
+    of one when the policy strikes. Read within the close timeout, the
+    reader gets whole frames, in order, then the 1013 close frame; read
+    after the server let it go, the same (the kernel keeps what ends the
+    stream at a frame boundary), though the reader pinged meanwhile: bytes
+    never read must not turn the close into a reset.
+    """
+    within = reads_again == "within the close timeout"
+    server = start_uwsgi(
+        "tests.apps.rooms:app",
+        mode=mode,
+        gevent=10,
+        env={"FWS_HUB_URL": "memory://", "FWS_CLOSE_TIMEOUT": "120" if within else "1"},
+    )
+    count, size = 200, 20000
+    slow = _slow_reader(server.port, "/ws/feed")
+    try:
+        assert slow.read_frame()[1].startswith(b"id:")
+        slow.send(build_frame(OP_TEXT, f"slowmode:{64 * 1024}".encode()))
+        assert slow.read_frame() == (OP_TEXT, b"slowmode set")
+        with connect(server.url("/ws/feed"), open_timeout=10) as publisher:
+            publisher.recv(timeout=10)
+            publisher.send(f"burst:{count}:{size}")
+            while publisher.recv(timeout=60) != "burst done":
+                pass
+            if not within:
+                slow.send(build_frame(OP_PING, b"unread"))
+                # The slow one's request ends when the server lets it go.
+                assert poll_until(lambda: "GET /ws/feed =>" in server.log(), 30), server.log()
+            code, reason, before = slow.read_close(timeout=30)
+            if within:
+                slow.send(build_frame(OP_CLOSE, close_payload(code)))
+            slow.wait_eof(timeout=30)
+    finally:
+        slow.close()
+    assert (code, reason) == (1013, "send queue full: reading too slowly")
+    assert 0 < len(before) < count
+    expected = [(OP_TEXT, f"{i}:".ljust(size, "x").encode()) for i in range(len(before))]
+    assert before == expected  # whole frames, in order, none cut
+    assert "send queue full" in server.log()
