@@ -321,6 +321,8 @@ class WebSocketConnection:
         while True:
             if self._inbox:
                 return self._pop_message()
+            if self._protocol.failure_held:  # every message before the failure was taken
+                self._release_failure()
             if self._closed:
                 raise self._protocol.closed_exception()
             if deadline is None:
@@ -347,6 +349,8 @@ class WebSocketConnection:
             self._on_readable()
         if self._inbox:
             return self._pop_message()
+        if self._protocol.failure_held:  # every message before the failure was taken
+            self._release_failure()
         if self._closed:
             raise self._protocol.closed_exception()
         return None
@@ -506,10 +510,10 @@ class WebSocketConnection:
                         inbox = self._inbox = messages  # a new list: adopt it
                     if len(inbox) >= self._options.receive_queue_size and protocol.open:
                         self._pause_reading()
+                if events:  # first: a failure may be held back
+                    self._on_protocol_events(events)
                 if protocol.has_output():  # pongs, a close frame's echo, EOF
                     self._flush_protocol()
-                if events:
-                    self._on_protocol_events(events)
             else:
                 protocol.receive_eof()
                 self._stop_reading()
@@ -527,8 +531,10 @@ class WebSocketConnection:
             if isinstance(event, PongReceived):
                 if self._keepalive is not None:
                     self._keepalive.pong(event.payload)
-            else:  # CloseStarted: the peer closed, or broke the protocol
-                self._start_closing()
+            elif event.by_peer or not self._inbox:  # CloseStarted: the peer closed, or
+                self._start_closing()  # broke the protocol
+            else:  # broke it after messages the handler has not taken yet
+                self._hold_failure()
 
     def _pop_message(self) -> Message:
         inbox = self._inbox
@@ -675,7 +681,10 @@ class WebSocketConnection:
     # * We fail the connection (_fail): the peer broke the protocol (the
     #   protocol reports CloseStarted), a pong did not come (1011), the send
     #   queue overflowed under "disconnect" (1013), or a bug (1011). A close
-    #   frame with the code and EOF go out, then the same deadline.
+    #   frame with the code and EOF go out, then the same deadline. When the
+    #   peer broke the protocol after valid messages the handler has not
+    #   taken yet, the close frame is held back until the handler asks for
+    #   the message after them (_hold_failure), so that it may answer them.
     # * The TCP connection is lost: EOF (the protocol is then closed), a
     #   reset, a failed write (_connection_lost). Torn down at once.
     #
@@ -698,7 +707,9 @@ class WebSocketConnection:
             self.accept()
         if self._torn_down:
             return
-        if self._protocol.open:
+        if self._protocol.failure_held:  # the failure's close frame goes instead
+            self._release_failure()
+        elif self._protocol.open:
             self._protocol.send_close(code, reason)
             self._flush_protocol()
             self._start_closing()
@@ -714,6 +725,9 @@ class WebSocketConnection:
         Does nothing if the connection is closed or was never accepted.
         """
         if self._opener is not None or self._torn_down or not self._protocol.open:
+            return
+        if self._protocol.failure_held:  # the failure's close frame goes instead
+            self._release_failure()
             return
         self._protocol.send_close(code, reason)
         self._flush_protocol()
@@ -735,11 +749,46 @@ class WebSocketConnection:
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection from our side: close frame with ``code``, EOF, deadline.
 
-        Does not wake the handler: callers do, last.
+        Does not wake the handler: callers do, last. A failure held back
+        goes out instead.
         """
+        if self._protocol.failure_held:
+            self._release_failure()
+            return
         self._protocol.fail(code, reason)
         self._flush_protocol()
         self._start_closing()
+
+    def _hold_failure(self) -> None:
+        """The peer broke the protocol after messages the handler has not taken.
+
+        They arrived valid, so the handler gets them, and may answer them,
+        before the failure's close frame goes out: when it asks for the next
+        message (receive, recv_nb), closes, or returns, and at the latest
+        after close_timeout seconds. Meanwhile what the peer sends is read
+        and discarded.
+        """
+        self._protocol.hold_failure()
+        self._cancel_keepalive()
+        if self._close_timer is None and not self._torn_down:
+            self._close_timer = self._backend.call_later(
+                self._options.close_timeout, self._on_hold_timeout
+            )
+
+    def _on_hold_timeout(self) -> None:
+        self._close_timer = None
+        self._release_failure()
+
+    def _release_failure(self) -> None:
+        """Send the held failure's close frame and EOF; the closing deadline starts."""
+        timer = self._close_timer
+        if timer is not None:  # the hold's deadline
+            self._close_timer = None
+            timer.cancel()
+        self._protocol.release_failure()
+        self._flush_protocol()
+        self._start_closing()
+        self._inbox_wakeup.notify()
 
     def _start_closing(self) -> None:
         """The closing handshake started: stop pinging, give the peer close_timeout."""

@@ -11,6 +11,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import gevent
 import pytest
 from flask import Flask
+from websockets.frames import Opcode
 
 from flask_websocket import ConnectionClosed, WebSocket, WebSocketConnection
 from flask_websocket.concurrency.base import Wakeup
@@ -20,8 +21,9 @@ from flask_websocket.connection import (
     GuardedConnection,
     _guard_public_api,
 )
-from flask_websocket.protocol import ServerProtocol
+from flask_websocket.protocol import OP_TEXT, ServerProtocol
 from flask_websocket.testing import WebSocketTestClient
+from tests.test_protocol import client_frame
 
 
 @pytest.fixture(params=["gevent", "threads"])
@@ -374,3 +376,71 @@ def test_a_public_member_that_cannot_be_guarded_stops_the_import() -> None:
 
     with pytest.raises(TypeError, match="messages: cannot guard"):
         _guard_public_api(type("GuardedWithGenerator", (WithGenerator,), {"__slots__": ()}))
+
+
+# -- the peer breaks the protocol after valid messages -------------------------
+
+RESERVED_OPCODE_FRAME = bytes([0x83, 0x80, 1, 2, 3, 4])  # opcode 3, masked, empty: 1002
+
+
+def test_messages_before_a_violation_are_answered_before_the_close(model: str) -> None:
+    """Autobahn 3.2, 4.1.3, 5.15...: what arrived valid is echoed, then 1002 (no pong)."""
+    app, websocket = make_app()
+
+    @websocket.route("/echo")
+    def echo(ws: WebSocketConnection) -> None:
+        for message in ws:
+            ws.send(message)
+
+    with WebSocketTestClient(app, timeout=10, model=model).connect("/echo") as ws:
+        ws._sock.sendall(  # one write: the server reads it all at once
+            client_frame(OP_TEXT, b"first")
+            + client_frame(OP_TEXT, b"sec", fin=False)
+            + client_frame(Opcode.CONT, b"ond")
+            + RESERVED_OPCODE_FRAME
+            + client_frame(Opcode.PING, b"unanswered")
+        )
+        assert ws.receive() == "first"
+        assert ws.receive() == "second"
+        with pytest.raises(ConnectionClosed) as info:
+            ws.receive()
+    assert info.value.code == 1002
+
+
+def test_a_handler_that_does_not_come_back_gets_the_failure_anyway(model: str) -> None:
+    """The close frame is held for the handler at most WEBSOCKET_CLOSE_TIMEOUT seconds."""
+    app, websocket = make_app(WEBSOCKET_CLOSE_TIMEOUT=0.2)
+    state: Dict[str, Any] = {"done": False}
+
+    @websocket.route("/busy")
+    def busy(ws: WebSocketConnection) -> None:
+        ws.send(f"got {ws.receive()}")
+        while not state["done"]:  # busy elsewhere, never receiving again
+            ws.sleep(0.02)
+        state["closed"] = ws.closed
+
+    with WebSocketTestClient(app, timeout=10, model=model).connect("/busy") as ws:
+        ws._sock.sendall(client_frame(OP_TEXT, b"one") + RESERVED_OPCODE_FRAME)
+        assert ws.receive() == "got one"
+        with pytest.raises(ConnectionClosed) as info:
+            ws.receive()
+        state["done"] = True
+    assert info.value.code == 1002
+    assert state["closed"] is True
+
+
+def test_closing_during_the_hold_sends_the_failures_code(model: str) -> None:
+    app, websocket = make_app()
+
+    @websocket.route("/close")
+    def close(ws: WebSocketConnection) -> None:
+        message = ws.receive()
+        ws.send(f"{message} (and {ws.closed=})")
+        ws.close(4000, "the handler's own")
+
+    with WebSocketTestClient(app, timeout=10, model=model).connect("/close") as ws:
+        ws._sock.sendall(client_frame(OP_TEXT, b"one") + client_frame(OP_TEXT, b"\xff"))
+        assert ws.receive() == "one (and ws.closed=False)"
+        with pytest.raises(ConnectionClosed) as info:
+            ws.receive()
+    assert info.value.code == 1007  # invalid UTF-8: the failure, not the handler's 4000
