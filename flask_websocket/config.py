@@ -18,7 +18,14 @@ from urllib.parse import urlsplit
 from .exceptions import ConfigurationError
 from .sendqueue import OVERFLOW_POLICIES
 
-__all__ = ["CONFIG_DEFAULTS", "HUB_SCHEMES", "OVERFLOW_POLICIES", "check_config", "option_error"]
+__all__ = [
+    "CONFIG_DEFAULTS",
+    "HUB_SCHEMES",
+    "OVERFLOW_POLICIES",
+    "check_config",
+    "option_error",
+    "rate_limit_problem",
+]
 
 #: Every configuration key, with its default.
 CONFIG_DEFAULTS: Dict[str, Any] = {
@@ -34,6 +41,7 @@ CONFIG_DEFAULTS: Dict[str, Any] = {
     "WEBSOCKET_HUB_OPTIONS": {},
     "WEBSOCKET_MAX_CONNECTIONS": None,
     "WEBSOCKET_MAX_CONNECTIONS_PER_IP": None,
+    "WEBSOCKET_RATE_LIMIT": None,
 }
 
 #: URL schemes of ``WEBSOCKET_HUB_URL``.
@@ -86,6 +94,24 @@ def _origins(value: Any) -> Optional[str]:
     return None
 
 
+def rate_limit_problem(value: Any) -> Optional[str]:
+    """What is wrong with a ``WEBSOCKET_RATE_LIMIT`` (or a route's ``rate_limit``), if anything."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or not _is_number(value[0])
+        or not value[0] > 0
+        or _positive_int(value[1]) is not None
+    ):
+        return (
+            "(messages per second, burst): a number above 0 and a whole number above 0, "
+            "such as (10, 20), or None for no limit"
+        )
+    return None
+
+
 def _overflow(value: Any) -> Optional[str]:
     if value not in OVERFLOW_POLICIES:
         return "one of " + ", ".join(repr(policy) for policy in OVERFLOW_POLICIES)
@@ -119,6 +145,7 @@ _CHECKS: Dict[str, Callable[[Any], Optional[str]]] = {
     "WEBSOCKET_HUB_OPTIONS": _hub_options,
     "WEBSOCKET_MAX_CONNECTIONS": _optional_positive_int,
     "WEBSOCKET_MAX_CONNECTIONS_PER_IP": _optional_positive_int,
+    "WEBSOCKET_RATE_LIMIT": rate_limit_problem,
 }
 
 

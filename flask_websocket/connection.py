@@ -40,6 +40,7 @@ from typing import (
     Optional,
     Sequence,
     Set,
+    Tuple,
     TypeVar,
     Union,
 )
@@ -59,6 +60,7 @@ from .protocol import (
     encode_frame,
     encode_message,
 )
+from .ratelimit import MessageRate
 from .sendqueue import OVERFLOW_POLICIES, SendQueue, reset_on_close, shutdown_write
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -96,6 +98,9 @@ class ConnectionOptions:
     send_queue_size: int = 2**20
     #: What a send that cannot wait does when the queue is full (see OVERFLOW_POLICIES).
     overflow: str = "disconnect"
+    #: ``(messages per second, burst)`` a client may send (``None``: no limit),
+    #: see :mod:`flask_websocket.ratelimit`.
+    rate_limit: Optional[Tuple[float, int]] = None
 
 
 class WebSocketConnection:
@@ -127,6 +132,7 @@ class WebSocketConnection:
         "_opener",
         "_options",
         "_protocol",
+        "_rate",
         "_read_paused",
         "_reader",
         "_registry",
@@ -166,6 +172,8 @@ class WebSocketConnection:
         self._closed_event: Optional[Event] = None
         self._keepalive: Optional[Keepalive] = None
         self._close_timer: Optional[Timer] = None
+        # The incoming message rate's bucket, when limited (WEBSOCKET_RATE_LIMIT).
+        self._rate: Optional[MessageRate] = None
         self._torn_down = False
         self._read_paused = False
         # True while the send queue is over its bound: reading stops too, so
@@ -235,6 +243,8 @@ class WebSocketConnection:
         if self._options.ping_interval:
             self._keepalive = Keepalive(self, backend, self._options)
             self._keepalive.start()
+        if self._options.rate_limit is not None:
+            self._rate = MessageRate(self, backend, *self._options.rate_limit)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("open" if self._opener is None else "connecting")
@@ -514,6 +524,8 @@ class WebSocketConnection:
                     self._on_protocol_events(events)
                 if protocol.has_output():  # pongs, a close frame's echo, EOF
                     self._flush_protocol()
+                if self._rate is not None and messages:  # (None while closing)
+                    self._rate.count(len(messages))
             else:
                 protocol.receive_eof()
                 self._stop_reading()
@@ -552,6 +564,8 @@ class WebSocketConnection:
             self._reader.stop()
 
     def _resume_reading(self) -> None:
+        if self._rate is not None and self._rate.paused:
+            return  # the rate's pause ends on its own timer (_resume_after_rate)
         self._read_paused = False
         if self._reader is not None and not self._torn_down and not self._backlogged:
             self._reader.start()
@@ -559,6 +573,30 @@ class WebSocketConnection:
     def _stop_reading(self) -> None:
         if self._reader is not None:
             self._reader.stop()
+
+    # ------------------------------------------------------------------
+    # Message rate (MessageRate's calls back, see ratelimit.py)
+
+    def _pause_for_rate(self) -> None:
+        self._pause_reading()
+
+    def _resume_after_rate(self) -> None:
+        inbox = self._inbox
+        if self._read_paused and (not inbox or len(inbox) <= self._options.receive_queue_size // 2):
+            self._resume_reading()
+
+    def _rate_exceeded(self) -> None:
+        if not self._torn_down and self._protocol.open:
+            self._fail(CloseCode.POLICY_VIOLATION, "message rate limit exceeded")
+
+    def _cancel_rate(self) -> None:
+        """Stop counting (closing, or torn down); a pause for the rate ends."""
+        rate = self._rate
+        if rate is not None:
+            self._rate = None
+            if rate.paused:
+                rate.cancel()
+                self._resume_after_rate()
 
     # ------------------------------------------------------------------
     # Writing (see sendqueue.py)
@@ -770,6 +808,7 @@ class WebSocketConnection:
         """
         self._protocol.hold_failure()
         self._cancel_keepalive()
+        self._cancel_rate()
         if self._close_timer is None and not self._torn_down:
             self._close_timer = self._backend.call_later(
                 self._options.close_timeout, self._on_hold_timeout
@@ -793,6 +832,7 @@ class WebSocketConnection:
     def _start_closing(self) -> None:
         """The closing handshake started: stop pinging, give the peer close_timeout."""
         self._cancel_keepalive()
+        self._cancel_rate()
         if self._close_timer is None and not self._torn_down:
             self._close_timer = self._backend.call_later(
                 self._options.close_timeout, self._on_close_timeout
@@ -832,6 +872,7 @@ class WebSocketConnection:
             return
         self._torn_down = True
         self._cancel_keepalive()
+        self._cancel_rate()
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import sys
 import time
 from types import CodeType, FrameType
@@ -13,7 +14,7 @@ import pytest
 from flask import Flask
 from websockets.frames import Opcode
 
-from flask_websocket import ConnectionClosed, WebSocket, WebSocketConnection
+from flask_websocket import ConnectionClosed, WebSocket, WebSocketConnection, ratelimit
 from flask_websocket.concurrency.base import Wakeup
 from flask_websocket.connection import (
     UNGUARDED,
@@ -444,3 +445,87 @@ def test_closing_during_the_hold_sends_the_failures_code(model: str) -> None:
         with pytest.raises(ConnectionClosed) as info:
             ws.receive()
     assert info.value.code == 1007  # invalid UTF-8: the failure, not the handler's 4000
+
+
+# -- the message rate (WEBSOCKET_RATE_LIMIT) -------------------------------------
+
+
+def _echo_app(**config: Any) -> Tuple[Flask, WebSocket]:
+    app, websocket = make_app(**config)
+
+    @websocket.route("/echo")
+    def echo(ws: WebSocketConnection) -> None:
+        for message in ws:
+            ws.send(message)
+
+    @websocket.route("/unlimited", rate_limit=None)
+    def unlimited(ws: WebSocketConnection) -> None:
+        for message in ws:
+            ws.send(message)
+
+    @websocket.route("/limited", rate_limit=(50, 5))
+    def limited(ws: WebSocketConnection) -> None:
+        for message in ws:
+            ws.send(message)
+
+    return app, websocket
+
+
+def _flood(ws: Any, batches: int = 50, size: int = 20) -> Tuple[int, Optional[int]]:
+    """Batches of messages in one write each, reading the echoes: (echoes, close code)."""
+    echoes = 0
+    try:
+        for batch in range(batches):
+            ws._sock.sendall(
+                b"".join(client_frame(OP_TEXT, f"{batch}.{i}".encode()) for i in range(size))
+            )
+            for _ in range(size):
+                ws.receive()
+                echoes += 1
+    except ConnectionClosed as exc:
+        return echoes, exc.code
+    return echoes, None
+
+
+@pytest.fixture
+def fresh_rate_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rate's log lines are rate-limited per process: start each test afresh."""
+    monkeypatch.setattr(ratelimit, "_log", ratelimit.RateLimitedLog(ratelimit.logger, 1.0))
+
+
+@pytest.mark.parametrize("path, config", [("/echo", (50, 5)), ("/limited", None)])
+@pytest.mark.usefixtures("fresh_rate_log")
+def test_a_client_that_goes_on_over_its_rate_is_warned_then_closed_1008(
+    model: str, path: str, config: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, _ = _echo_app(WEBSOCKET_RATE_LIMIT=config)
+    client = WebSocketTestClient(app, timeout=10, model=model)
+    with caplog.at_level(logging.WARNING, "flask_websocket"), client.connect(path) as ws:
+        echoes, code = _flood(ws)
+    assert code == 1008
+    assert echoes >= 5  # what was read before the close reached the handler, and was echoed
+    warned = caplog.text.index("faster than WEBSOCKET_RATE_LIMIT allows (50/s, burst 5)")
+    assert caplog.text.index("with 1008: over its message rate again") > warned
+
+
+@pytest.mark.parametrize("path, config", [("/echo", None), ("/unlimited", (50, 5))])
+def test_without_a_limit_a_flood_is_served(model: str, path: str, config: Any) -> None:
+    app, _ = _echo_app(WEBSOCKET_RATE_LIMIT=config)
+    with WebSocketTestClient(app, timeout=10, model=model).connect(path) as ws:
+        assert _flood(ws, batches=20) == (400, None)
+
+
+def test_one_burst_over_the_limit_only_slows_the_client(model: str) -> None:
+    app, _ = _echo_app(WEBSOCKET_RATE_LIMIT=(50, 5))
+    with WebSocketTestClient(app, timeout=10, model=model).connect("/echo") as ws:
+        assert _flood(ws, batches=1) == (20, None)  # warned: reading paused a while
+        time.sleep(0.5)  # calm until the bucket is full again (20 tokens' time at 50/s)
+        assert _flood(ws, batches=1) == (20, None)  # warned again, not closed
+        ws.send("still open")
+        assert ws.receive() == "still open"
+
+
+def test_a_bad_rate_limit_on_a_route_is_refused_at_once() -> None:
+    _, websocket = make_app()
+    with pytest.raises(ValueError, match=r"rate_limit of '/x' is \(10, 0\): use"):
+        websocket.route("/x", rate_limit=(10, 0))
