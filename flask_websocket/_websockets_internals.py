@@ -19,7 +19,9 @@ internal                                    what for
 ``Protocol.parser``, ``Protocol.parse()``,  restart the frame parser after the ``101`` (the
 ``StreamReader.at_eof``                     server's parser waits for an HTTP request uWSGI
                                             already read); fast path: the parser is parked
-                                            between frames, in ``at_eof``, not inside one
+                                            between frames, in ``at_eof``, not inside one;
+                                            UTF-8 checked as a frame arrives: when a read
+                                            ends inside a frame
 ``Protocol.current_size``                   fast path and UTF-8 checks: inside a fragmented
 (15: ``cur_size``)                          message or not
 ``Protocol.max_message_size`` (15:          fast path: the size limit to enforce
@@ -221,15 +223,22 @@ class ProtocolState:
     call for going through this module.
     """
 
-    __slots__ = ("_ws",)
+    __slots__ = ("_ws", "failure_held")
 
     def __init__(self, ws: Protocol) -> None:
         self._ws = ws
+        #: True while the close frame of a failure is held back (see
+        #: :meth:`~flask_websocket.protocol.MessageProtocol.hold_failure`):
+        #: websockets is CLOSING, but the connection is still open for sending.
+        self.failure_held = False
 
     @property
     def open(self) -> bool:
-        """True while messages can be sent: no close frame sent or received."""
-        return self._ws._state is _OPEN  # _state: 15.0.1, 17.4
+        """True while messages can be sent: no close frame sent or received.
+
+        (A failure held back keeps it open until released.)
+        """
+        return self._ws._state is _OPEN or self.failure_held  # _state: 15.0.1, 17.4
 
     @property
     def closed(self) -> bool:
@@ -272,6 +281,28 @@ class ProtocolState:
             return -1
         limit: Optional[int] = ws.max_message_size
         return NO_LIMIT if limit is None else limit
+
+    def parked_between_frames(self) -> bool:
+        """True when the parser has taken every whole frame and holds no byte of the next.
+
+        As :meth:`simple_frame_limit` checks it (``reader.buffer``, the parser
+        waiting in ``StreamReader.at_eof``: 15.0.1, 17.4), but inside a
+        fragmented message too.
+        """
+        ws = self._ws
+        if ws.reader.buffer:
+            return False
+        waiting_in = ws.parser.gi_yieldfrom  # type: ignore[attr-defined]
+        return waiting_in is not None and waiting_in.gi_code is _AT_EOF_CODE
+
+    def text_fragments_state(self) -> Optional[Tuple[bytes, int]]:
+        """Inside a fragmented text message, the UTF-8 decoder's state after its last whole frame.
+
+        (``getstate()`` of :class:`ValidatingServerProtocol`'s decoder, ours,
+        not websockets'.) ``None`` outside a fragmented text message.
+        """
+        decoder: Optional[codecs.IncrementalDecoder] = getattr(self._ws, "text_decoder", None)
+        return None if decoder is None else decoder.getstate()
 
 
 # -- the check -----------------------------------------------------------------
@@ -353,6 +384,7 @@ def _check_parser_parks_between_frames() -> None:
     assert _at_boundary(ws), "after a whole frame, the parser is not waiting in at_eof"
     ws.receive_data(frame[:3])
     assert ws.reader.buffer, "StreamReader.buffer does not hold a partial mask"
+    assert not ProtocolState(ws).parked_between_frames(), "parked with a partial mask read"
 
 
 def _check_sizes() -> None:
@@ -364,6 +396,7 @@ def _check_sizes() -> None:
     ws.receive_data(_client_frame(0x2, b"abc", fin=False))
     assert ws.current_size == 3, "current_size/cur_size does not count a fragmented message"
     assert not _at_boundary(ws), "the fast path would read inside a fragmented message"
+    assert ProtocolState(ws).parked_between_frames(), "not parked between two fragments"
     ws.receive_data(_client_frame(0x0, b"de"))
     assert ws.current_size is None, "current_size/cur_size is not reset after the last fragment"
     assert _open_server(max_size=None).max_message_size is None, "no limit is not None"

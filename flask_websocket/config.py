@@ -18,7 +18,14 @@ from urllib.parse import urlsplit
 from .exceptions import ConfigurationError
 from .sendqueue import OVERFLOW_POLICIES
 
-__all__ = ["CONFIG_DEFAULTS", "HUB_SCHEMES", "OVERFLOW_POLICIES", "check_config", "option_error"]
+__all__ = [
+    "CONFIG_DEFAULTS",
+    "HUB_SCHEMES",
+    "OVERFLOW_POLICIES",
+    "check_config",
+    "option_error",
+    "rate_limit_problem",
+]
 
 #: Every configuration key, with its default.
 CONFIG_DEFAULTS: Dict[str, Any] = {
@@ -35,6 +42,7 @@ CONFIG_DEFAULTS: Dict[str, Any] = {
     "WEBSOCKET_MAX_CONNECTIONS": None,
     "WEBSOCKET_MAX_CONNECTIONS_PER_IP": None,
     "WEBSOCKET_HISTORY": {},
+    "WEBSOCKET_RATE_LIMIT": None,
 }
 
 #: URL schemes of ``WEBSOCKET_HUB_URL``.
@@ -84,6 +92,24 @@ def _origins(value: Any) -> Optional[str]:
         for origin in value
     ):
         return "a list of str origins and compiled regular expressions (re.compile(...))"
+    return None
+
+
+def rate_limit_problem(value: Any) -> Optional[str]:
+    """What is wrong with a ``WEBSOCKET_RATE_LIMIT`` (or a route's ``rate_limit``), if anything."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or not _is_number(value[0])
+        or not value[0] > 0
+        or _positive_int(value[1]) is not None
+    ):
+        return (
+            "(messages per second, burst): a number above 0 and a whole number above 0, "
+            "such as (10, 20), or None for no limit"
+        )
     return None
 
 
@@ -138,6 +164,7 @@ _CHECKS: Dict[str, Callable[[Any], Optional[str]]] = {
     "WEBSOCKET_MAX_CONNECTIONS": _optional_positive_int,
     "WEBSOCKET_MAX_CONNECTIONS_PER_IP": _optional_positive_int,
     "WEBSOCKET_HISTORY": _history,
+    "WEBSOCKET_RATE_LIMIT": rate_limit_problem,
 }
 
 

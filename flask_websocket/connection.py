@@ -41,6 +41,7 @@ from typing import (
     Optional,
     Sequence,
     Set,
+    Tuple,
     TypeVar,
     Union,
 )
@@ -61,7 +62,8 @@ from .protocol import (
     encode_frame,
     encode_message,
 )
-from .sendqueue import OVERFLOW_POLICIES, SendQueue, shutdown_write
+from .ratelimit import MessageRate
+from .sendqueue import OVERFLOW_POLICIES, SendQueue, reset_on_close, shutdown_write
 from .wire import SUBPROTOCOL, heartbeat_message, plain_message
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,6 +77,8 @@ logger = logging.getLogger("flask_websocket")
 
 #: Bytes asked of the kernel per read.
 READ_SIZE = 65536
+#: Reads at most to empty the receive buffer of a connection let go (see _let_go).
+_DRAIN_READS = 64
 
 _BlockingErrors = (BlockingIOError, InterruptedError)
 
@@ -97,6 +101,9 @@ class ConnectionOptions:
     send_queue_size: int = 2**20
     #: What a send that cannot wait does when the queue is full (see OVERFLOW_POLICIES).
     overflow: str = "disconnect"
+    #: ``(messages per second, burst)`` a client may send (``None``: no limit),
+    #: see :mod:`flask_websocket.ratelimit`.
+    rate_limit: Optional[Tuple[float, int]] = None
 
 
 class WebSocketConnection:
@@ -128,6 +135,7 @@ class WebSocketConnection:
         "_opener",
         "_options",
         "_protocol",
+        "_rate",
         "_read_paused",
         "_reader",
         "_registry",
@@ -173,6 +181,8 @@ class WebSocketConnection:
         self._closed_event: Optional[Event] = None
         self._keepalive: Optional[Keepalive] = None
         self._close_timer: Optional[Timer] = None
+        # The incoming message rate's bucket, when limited (WEBSOCKET_RATE_LIMIT).
+        self._rate: Optional[MessageRate] = None
         self._torn_down = False
         self._read_paused = False
         # True while the send queue is over its bound: reading stops too, so
@@ -242,6 +252,8 @@ class WebSocketConnection:
         if self._options.ping_interval:
             self._keepalive = Keepalive(self, backend, self._options)
             self._keepalive.start()
+        if self._options.rate_limit is not None:
+            self._rate = MessageRate(self, backend, *self._options.rate_limit)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("open" if self._opener is None else "connecting")
@@ -345,6 +357,8 @@ class WebSocketConnection:
         while True:
             if self._inbox:
                 return self._pop_message()
+            if self._protocol.failure_held:  # every message before the failure was taken
+                self._release_failure()
             if self._closed:
                 raise self._protocol.closed_exception()
             if deadline is None:
@@ -371,6 +385,8 @@ class WebSocketConnection:
             self._on_readable()
         if self._inbox:
             return self._pop_message()
+        if self._protocol.failure_held:  # every message before the failure was taken
+            self._release_failure()
         if self._closed:
             raise self._protocol.closed_exception()
         return None
@@ -536,10 +552,12 @@ class WebSocketConnection:
                         inbox = self._inbox = messages  # a new list: adopt it
                     if len(inbox) >= self._options.receive_queue_size and protocol.open:
                         self._pause_reading()
+                if events:  # first: a failure may be held back
+                    self._on_protocol_events(events)
                 if protocol.has_output():  # pongs, a close frame's echo, EOF
                     self._flush_protocol()
-                if events:
-                    self._on_protocol_events(events)
+                if self._rate is not None and messages:  # (None while closing)
+                    self._rate.count(len(messages))
             else:
                 protocol.receive_eof()
                 self._stop_reading()
@@ -557,8 +575,10 @@ class WebSocketConnection:
             if isinstance(event, PongReceived):
                 if self._keepalive is not None:
                     self._keepalive.pong(event.payload)
-            else:  # CloseStarted: the peer closed, or broke the protocol
-                self._start_closing()
+            elif event.by_peer or not self._inbox:  # CloseStarted: the peer closed, or
+                self._start_closing()  # broke the protocol
+            else:  # broke it after messages the handler has not taken yet
+                self._hold_failure()
 
     def _pop_message(self) -> Message:
         inbox = self._inbox
@@ -576,6 +596,8 @@ class WebSocketConnection:
             self._reader.stop()
 
     def _resume_reading(self) -> None:
+        if self._rate is not None and self._rate.paused:
+            return  # the rate's pause ends on its own timer (_resume_after_rate)
         self._read_paused = False
         if self._reader is not None and not self._torn_down and not self._backlogged:
             self._reader.start()
@@ -583,6 +605,30 @@ class WebSocketConnection:
     def _stop_reading(self) -> None:
         if self._reader is not None:
             self._reader.stop()
+
+    # ------------------------------------------------------------------
+    # Message rate (MessageRate's calls back, see ratelimit.py)
+
+    def _pause_for_rate(self) -> None:
+        self._pause_reading()
+
+    def _resume_after_rate(self) -> None:
+        inbox = self._inbox
+        if self._read_paused and (not inbox or len(inbox) <= self._options.receive_queue_size // 2):
+            self._resume_reading()
+
+    def _rate_exceeded(self) -> None:
+        if not self._torn_down and self._protocol.open:
+            self._fail(CloseCode.POLICY_VIOLATION, "message rate limit exceeded")
+
+    def _cancel_rate(self) -> None:
+        """Stop counting (closing, or torn down); a pause for the rate ends."""
+        rate = self._rate
+        if rate is not None:
+            self._rate = None
+            if rate.paused:
+                rate.cancel()
+                self._resume_after_rate()
 
     # ------------------------------------------------------------------
     # Writing (see sendqueue.py)
@@ -605,7 +651,8 @@ class WebSocketConnection:
                 return
             if sent == len(data):
                 return
-            data = memoryview(data)[sent:]
+            if sent:  # a memoryview marks a frame partly written (see sendqueue.py)
+                data = memoryview(data)[sent:]
             queue = self._send_queue = SendQueue()
         queue.append(data)
         if queue.size > self._options.send_queue_size and not self._backlogged:
@@ -706,13 +753,20 @@ class WebSocketConnection:
     # * We fail the connection (_fail): the peer broke the protocol (the
     #   protocol reports CloseStarted), a pong did not come (1011), the send
     #   queue overflowed under "disconnect" (1013), or a bug (1011). A close
-    #   frame with the code and EOF go out, then the same deadline.
+    #   frame with the code and EOF go out, then the same deadline. When the
+    #   peer broke the protocol after valid messages the handler has not
+    #   taken yet, the close frame is held back until the handler asks for
+    #   the message after them (_hold_failure), so that it may answer them.
     # * The TCP connection is lost: EOF (the protocol is then closed), a
     #   reset, a failed write (_connection_lost). Torn down at once.
     #
     # Keepalive pings stop as soon as the closing handshake starts. While
     # closing, reading goes on (and discards) until EOF, so that the peer
-    # sees our close frame rather than a reset.
+    # sees our close frame rather than a reset. When the deadline passes
+    # first, what still waits for a peer that stopped reading (the "disconnect"
+    # policy's 1013 among it) is cut at a frame boundary and left to the
+    # kernel (_let_go): the peer finds whole frames and the close frame when
+    # it reads again, never a cut frame.
 
     def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Close the connection with ``code`` and ``reason``.
@@ -725,7 +779,9 @@ class WebSocketConnection:
             self.accept()
         if self._torn_down:
             return
-        if self._protocol.open:
+        if self._protocol.failure_held:  # the failure's close frame goes instead
+            self._release_failure()
+        elif self._protocol.open:
             self._protocol.send_close(code, reason)
             self._flush_protocol()
             self._start_closing()
@@ -741,6 +797,9 @@ class WebSocketConnection:
         Does nothing if the connection is closed or was never accepted.
         """
         if self._opener is not None or self._torn_down or not self._protocol.open:
+            return
+        if self._protocol.failure_held:  # the failure's close frame goes instead
+            self._release_failure()
             return
         self._protocol.send_close(code, reason)
         self._flush_protocol()
@@ -762,15 +821,52 @@ class WebSocketConnection:
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection from our side: close frame with ``code``, EOF, deadline.
 
-        Does not wake the handler: callers do, last.
+        Does not wake the handler: callers do, last. A failure held back
+        goes out instead.
         """
+        if self._protocol.failure_held:
+            self._release_failure()
+            return
         self._protocol.fail(code, reason)
         self._flush_protocol()
         self._start_closing()
 
+    def _hold_failure(self) -> None:
+        """The peer broke the protocol after messages the handler has not taken.
+
+        They arrived valid, so the handler gets them, and may answer them,
+        before the failure's close frame goes out: when it asks for the next
+        message (receive, recv_nb), closes, or returns, and at the latest
+        after close_timeout seconds. Meanwhile what the peer sends is read
+        and discarded.
+        """
+        self._protocol.hold_failure()
+        self._cancel_keepalive()
+        self._cancel_rate()
+        if self._close_timer is None and not self._torn_down:
+            self._close_timer = self._backend.call_later(
+                self._options.close_timeout, self._on_hold_timeout
+            )
+
+    def _on_hold_timeout(self) -> None:
+        self._close_timer = None
+        self._release_failure()
+
+    def _release_failure(self) -> None:
+        """Send the held failure's close frame and EOF; the closing deadline starts."""
+        timer = self._close_timer
+        if timer is not None:  # the hold's deadline
+            self._close_timer = None
+            timer.cancel()
+        self._protocol.release_failure()
+        self._flush_protocol()
+        self._start_closing()
+        self._inbox_wakeup.notify()
+
     def _start_closing(self) -> None:
         """The closing handshake started: stop pinging, give the peer close_timeout."""
         self._cancel_keepalive()
+        self._cancel_rate()
         if self._close_timer is None and not self._torn_down:
             self._close_timer = self._backend.call_later(
                 self._options.close_timeout, self._on_close_timeout
@@ -799,14 +895,18 @@ class WebSocketConnection:
     def _connection_lost(self) -> None:
         self._protocol.fail(CloseCode.ABNORMAL_CLOSURE)
         self._protocol.data_to_send()  # nothing can be written any more
-        self._teardown()
+        self._teardown(lost=True)
 
-    def _teardown(self) -> None:
-        """Stop every watcher and timer, then close our socket. Idempotent."""
+    def _teardown(self, lost: bool = False) -> None:
+        """Stop every watcher and timer, then give back our socket. Idempotent.
+
+        ``lost``: the TCP connection is gone, nothing can be written.
+        """
         if self._torn_down:
             return
         self._torn_down = True
         self._cancel_keepalive()
+        self._cancel_rate()
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
@@ -815,16 +915,53 @@ class WebSocketConnection:
             if watcher is not None:
                 watcher.close()
         self._reader = self._writer = None
-        self._send_queue = None
+        queue, self._send_queue = self._send_queue, None
         if self._registry is not None:
             self._registry.remove(self)
         if self._sock is not None:
+            if not lost and not self._protocol.closed:
+                _let_go(self._sock, queue)
             transport.release_socket(self._sock)  # the server closes the fd
         if self._drained is not None:
             self._drained.set()
         if self._closed_event is not None:
             self._closed_event.set()
         self._inbox_wakeup.notify()
+
+
+def _let_go(sock: _socket.socket, queue: Optional[SendQueue]) -> None:
+    """Leave the end of the stream to the kernel: the closing handshake did not finish.
+
+    The peer did not close within the close timeout (or the handler's
+    ``close()`` stopped waiting). Closing the socket must neither cut a frame
+    nor throw away what the kernel still holds for the peer, our close frame
+    among it:
+
+    * bytes the peer sent that were never read (reading stops while the send
+      queue is over its bound) would make the kernel answer the close with a
+      reset, discarding its send buffer: read them away first;
+    * the send queue's rest is cut at a frame boundary and handed to the
+      kernel (:meth:`SendQueue.hand_over`), which delivers it when the peer
+      reads again. When it cannot take it all, the connection is reset
+      instead, so the peer sees a lost connection, not a cut frame followed
+      by a normal end of stream.
+    """
+    for _ in range(_DRAIN_READS):
+        try:
+            if not sock.recv(READ_SIZE):
+                break
+        except _BlockingErrors:
+            break
+        except OSError:
+            return  # lost: nothing to hand over
+    if queue is None:
+        return
+    try:
+        complete = queue.hand_over(sock)
+    except OSError:
+        return
+    if not complete:
+        reset_on_close(sock)
 
 
 # ----------------------------------------------------------------------

@@ -31,7 +31,7 @@ from .close_codes import CloseCode
 from .concurrency import backend_class, backend_for_server
 from .concurrency.base import Backend
 from .concurrency.blocking import thread_rlock
-from .config import CONFIG_DEFAULTS, check_config
+from .config import CONFIG_DEFAULTS, check_config, rate_limit_problem
 from .connection import (
     ConnectionOptions,
     GuardedConnection,
@@ -98,6 +98,7 @@ class _Route:
     endpoint: str
     subprotocols: Optional[Sequence[str]]
     max_message_size: Any  # int, None (no limit) or _DEFAULT
+    rate_limit: Any  # (rate, burst), None (no limit) or _DEFAULT
     blueprint: Optional[Blueprint]
     options: Dict[str, Any]
 
@@ -403,6 +404,7 @@ class WebSocket:
         endpoint: Optional[str] = None,
         subprotocols: Optional[Sequence[str]] = None,
         max_message_size: Any = _DEFAULT,
+        rate_limit: Any = _DEFAULT,
         blueprint: Optional[Blueprint] = None,
         **options: Any,
     ) -> Callable[[H], H]:
@@ -422,9 +424,19 @@ class WebSocket:
                 client offering none of them is refused.
             max_message_size: override ``WEBSOCKET_MAX_MESSAGE_SIZE`` for this
                 route (``None``: no limit).
+            rate_limit: override ``WEBSOCKET_RATE_LIMIT`` for this route:
+                ``(messages per second, burst)`` a client may send, or ``None``
+                for no limit.
             blueprint: register the route on this blueprint instead of the app.
             options: passed on to :class:`werkzeug.routing.Rule`.
+
+        Raises:
+            ValueError: ``rate_limit`` is not a ``(rate, burst)`` pair.
         """
+        if rate_limit is not _DEFAULT:
+            problem = rate_limit_problem(rate_limit)
+            if problem is not None:
+                raise ValueError(f"rate_limit of {rule!r} is {rate_limit!r}: use {problem}")
 
         def decorator(handler: H) -> H:
             route = _Route(
@@ -433,6 +445,7 @@ class WebSocket:
                 endpoint=endpoint or handler.__name__,
                 subprotocols=list(subprotocols) if subprotocols is not None else None,
                 max_message_size=max_message_size,
+                rate_limit=rate_limit,
                 blueprint=blueprint,
                 options=options,
             )
@@ -623,6 +636,9 @@ def _options_for(route: _Route, config: Any) -> ConnectionOptions:
     max_size = route.max_message_size
     if max_size is _DEFAULT:
         max_size = config["WEBSOCKET_MAX_MESSAGE_SIZE"]
+    rate_limit = route.rate_limit
+    if rate_limit is _DEFAULT:
+        rate_limit = config["WEBSOCKET_RATE_LIMIT"]
     return ConnectionOptions(
         max_message_size=max_size,
         ping_interval=config["WEBSOCKET_PING_INTERVAL"],
@@ -631,6 +647,7 @@ def _options_for(route: _Route, config: Any) -> ConnectionOptions:
         receive_queue_size=config["WEBSOCKET_RECEIVE_QUEUE_SIZE"],
         send_queue_size=config["WEBSOCKET_SEND_QUEUE_SIZE"],
         overflow=config["WEBSOCKET_SEND_QUEUE_OVERFLOW"],
+        rate_limit=None if rate_limit is None else (float(rate_limit[0]), int(rate_limit[1])),
     )
 
 

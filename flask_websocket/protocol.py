@@ -6,7 +6,10 @@ C-accelerated where it matters (unmasking) and scores near-perfectly on the
 Autobahn|Testsuite. This module adds what that layer leaves to its callers:
 
 * reassembling fragmented messages and decoding text with an incremental
-  UTF-8 decoder (invalid UTF-8 closes the connection with 1007);
+  UTF-8 decoder (invalid UTF-8 closes the connection with 1007), as soon as
+  the bad bytes arrive, even in the middle of a frame;
+* holding a failure back (:meth:`MessageProtocol.hold_failure`) so that the
+  messages that arrived valid before the bad frame can be answered first;
 * the opening handshake checks, mapped from a WSGI environ;
 * a fast serialiser for the server's own (unmasked) data frames, so that a
   frame can be built once and written to many sockets.
@@ -173,6 +176,57 @@ def request_headers_from_environ(environ: Mapping[str, object]) -> Headers:
     return headers
 
 
+class _TrackedFrame:
+    """The frame the websockets parser is in the middle of (see :meth:`MessageProtocol._track`)."""
+
+    __slots__ = ("decoder", "header", "mask", "received", "remaining")
+
+    def __init__(self) -> None:
+        #: The header's bytes while it is incomplete.
+        self.header = b""
+        #: Payload bytes still to come; -1 while the header is incomplete.
+        self.remaining = -1
+        self.mask = b""
+        #: Payload bytes received (where the mask continues).
+        self.received = 0
+        #: Checks text as it arrives (output unused); None for other frames.
+        self.decoder: Optional[codecs.IncrementalDecoder] = None
+
+    def start(self, first: int, text_state: Optional[Tuple[bytes, int]]) -> None:
+        """The header is in: check the payload if it is text.
+
+        ``text_state``: inside a fragmented text message, the decoder's state
+        after its last whole fragment (a continuation frame goes on from it).
+        """
+        opcode = first & 0x0F
+        if opcode == OP_TEXT:
+            self.decoder = _utf8_decoder()
+        elif opcode == OP_CONTINUATION and text_state is not None:
+            self.decoder = _utf8_decoder()
+            self.decoder.setstate(text_state)
+
+
+def _header(data: bytes) -> Optional[Tuple[int, int, int, bytes]]:
+    """``(size, first byte, payload length, mask)`` of the frame header ``data`` begins with.
+
+    ``None`` while ``data`` holds only part of it.
+    """
+    if len(data) < 2:
+        return None
+    second = data[1]
+    length = second & 0x7F
+    size = 2 if length < 126 else 4 if length == 126 else 10
+    if length >= 126:
+        if len(data) < size:
+            return None
+        length = int.from_bytes(data[2:size], "big")
+    if second & 0x80:
+        size += 4
+    if len(data) < size:
+        return None
+    return size, data[0], length, bytes(data[size - 4 : size]) if second & 0x80 else b""
+
+
 @dataclass
 class _Reassembly:
     """A fragmented message being put back together."""
@@ -202,15 +256,33 @@ class MessageProtocol(ProtocolState):
     websockets' internals (:mod:`flask_websocket._websockets_internals`).
     """
 
-    __slots__ = ("_fast_path", "_partial")
+    __slots__ = ("_fast_path", "_partial", "_tracked")
 
     def __init__(self, ws: _WebsocketsProtocol, fast_path: bool = False) -> None:
         super().__init__(ws)
         # Frames from clients are masked: the fast path reads only those.
         self._fast_path = fast_path
         self._partial: Optional[_Reassembly] = None
+        # The frame the websockets parser is in the middle of (see _track).
+        self._tracked: Optional[_TrackedFrame] = None
 
     # -- state ---------------------------------------------------------------
+
+    def hold_failure(self) -> None:
+        """Hold back the close frame of the failure :meth:`receive` just reported.
+
+        The peer broke the protocol (a :class:`CloseStarted` with ``by_peer``
+        false) after messages it sent valid, which the application has not
+        answered yet. Until :meth:`release_failure`, the connection stays
+        :attr:`open` for sending and :meth:`data_to_send` holds the close
+        frame back; nothing more is read from the peer (what comes is
+        discarded). :meth:`send_close` and :meth:`fail` release it.
+        """
+        self.failure_held = True
+
+    def release_failure(self) -> None:
+        """Let the held failure's close frame (and end of stream) go out."""
+        self.failure_held = False
 
     def close_expected(self) -> bool:
         """True when the peer is expected to close the TCP connection soon."""
@@ -244,7 +316,8 @@ class MessageProtocol(ProtocolState):
         leaves the OPEN state in this call (no messages come after it).
         """
         messages: List[Message] = []
-        if self._fast_path:
+        fast_path = self._fast_path
+        if fast_path:
             limit = self.simple_frame_limit()
             if limit >= 0:
                 consumed = self._receive_simple_frames(data, messages, limit)
@@ -256,6 +329,7 @@ class MessageProtocol(ProtocolState):
         ws = self._ws
         was_open = self.open
         ws.receive_data(data)
+        fed = data
         events: List[ProtocolEvent] = []
         # Only frames once OPEN (no cast(): it would build List[Frame] per call).
         frames: List[Frame] = ws.events_received()  # type: ignore[assignment]
@@ -289,6 +363,11 @@ class MessageProtocol(ProtocolState):
             elif opcode is Opcode.CLOSE:
                 self._partial = None  # an unfinished message is dropped
             # PING is answered and CLOSE echoed by the websockets layer.
+        if fast_path and ws.state is State.OPEN:
+            if self.parked_between_frames():  # every frame fed was whole
+                self._tracked = None
+            else:  # what was fed ends inside a frame: check its text now
+                self._track(fed)
         if was_open and not self.open:
             events.append(self._close_started())
         return messages, events
@@ -309,10 +388,11 @@ class MessageProtocol(ProtocolState):
         16-bit length within ``limit`` (see
         :meth:`~flask_websocket._websockets_internals.ProtocolState.simple_frame_limit`).
         The first frame that is anything else (control, fragment, 64-bit
-        length, a violation) stops this loop, and it and everything after it
-        go through the websockets parser, which validates them and answers
-        with the right close code. Returns -1 when invalid UTF-8 failed the
-        connection (the rest of ``data`` is discarded).
+        length, a violation) or incomplete stops this loop, and it and
+        everything after it go through the websockets parser, which
+        validates them and answers with the right close code. Returns -1
+        when invalid UTF-8 failed the connection (the rest of ``data`` is
+        discarded).
         """
         end = len(data)
         position = 0
@@ -349,8 +429,58 @@ class MessageProtocol(ProtocolState):
                 messages.append(payload)
         return position
 
+    def _track(self, data: bytes) -> None:
+        """Check the text of the frame ``data`` ends inside of, as far as it came.
+
+        websockets parses a frame once all of it is in, and has just taken
+        every whole frame of ``data``. The frame still arriving is followed
+        here, from one read to the next, so that invalid UTF-8 in it fails
+        the connection (1007) with the bytes that bring it, not once the
+        frame is complete. Only its bytes are unmasked and checked (the
+        whole frames were checked by the parser); ``data`` starts where the
+        frame followed before ends, or between frames.
+        """
+        frame = self._tracked
+        position, end = 0, len(data)
+        while position < end:
+            if frame is None:
+                frame = _TrackedFrame()
+            if frame.remaining < 0:  # in the header
+                seen = len(frame.header)
+                header = frame.header + data[position : position + 14 - seen]
+                parsed = _header(header)
+                if parsed is None:
+                    frame.header = header
+                    break
+                size, first, frame.remaining, frame.mask = parsed
+                frame.header = b""
+                position += size - seen
+                if frame.remaining > end - position:  # the frame goes on after data
+                    # (Every whole frame before it was parsed: the state is its own.)
+                    frame.start(first, self.text_fragments_state())
+            if frame.remaining > end - position:
+                payload = data[position:]
+                if frame.decoder is not None:
+                    mask = frame.mask
+                    phase = frame.received & 3
+                    if phase:
+                        mask = mask[phase:] + mask[:phase]
+                    try:
+                        frame.decoder.decode(apply_mask(payload, mask) if mask else payload)
+                    except UnicodeDecodeError as exc:
+                        self._tracked = None
+                        self._fail_utf8(exc)
+                        return
+                frame.received += len(payload)
+                frame.remaining -= len(payload)
+                break
+            position += frame.remaining  # whole: the parser checked it
+            frame = None
+        self._tracked = frame
+
     def receive_eof(self) -> None:
         """Tell the protocol that the peer closed its side of the connection."""
+        self._tracked = None
         self._ws.receive_eof()  # idempotent (websockets 15.0.1 and later)
 
     def _add_fragment(self, data: bytes, fin: bool) -> bool:
@@ -380,9 +510,13 @@ class MessageProtocol(ProtocolState):
     # -- outgoing ------------------------------------------------------------
 
     def send_close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
-        """Start the closing handshake (no-op if a close frame was already sent)."""
+        """Start the closing handshake (no-op if a close frame was already sent).
+
+        A failure held back is released instead: its close frame goes out.
+        """
         if self._ws.state is State.OPEN:
             self._ws.send_close(code, _truncate_reason(reason))
+        self.failure_held = False
 
     def send_ping(self, payload: bytes) -> None:
         """Queue a ping frame."""
@@ -390,11 +524,20 @@ class MessageProtocol(ProtocolState):
             self._ws.send_ping(payload)
 
     def fail(self, code: int, reason: str = "") -> None:
-        """Fail the connection: send a close frame (unless 1006), then EOF."""
+        """Fail the connection: send a close frame (unless 1006), then EOF.
+
+        A failure held back is released instead: its close frame goes out.
+        """
         self._ws.fail(code, _truncate_reason(reason))
+        self.failure_held = False
 
     def data_to_send(self) -> List[bytes]:
-        """Bytes to write, in order; ``b""`` means half-close the connection."""
+        """Bytes to write, in order; ``b""`` means half-close the connection.
+
+        Nothing while a failure is held back (:meth:`hold_failure`).
+        """
+        if self.failure_held:
+            return []
         return self._ws.data_to_send()
 
 

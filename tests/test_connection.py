@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import sys
 import time
 from types import CodeType, FrameType
@@ -11,8 +12,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import gevent
 import pytest
 from flask import Flask
+from websockets.frames import Opcode
 
-from flask_websocket import ConnectionClosed, WebSocket, WebSocketConnection
+from flask_websocket import ConnectionClosed, WebSocket, WebSocketConnection, ratelimit
 from flask_websocket.concurrency.base import Wakeup
 from flask_websocket.connection import (
     UNGUARDED,
@@ -20,8 +22,9 @@ from flask_websocket.connection import (
     GuardedConnection,
     _guard_public_api,
 )
-from flask_websocket.protocol import ServerProtocol
+from flask_websocket.protocol import OP_TEXT, ServerProtocol
 from flask_websocket.testing import WebSocketTestClient
+from tests.test_protocol import client_frame
 
 
 @pytest.fixture(params=["gevent", "threads"])
@@ -374,3 +377,155 @@ def test_a_public_member_that_cannot_be_guarded_stops_the_import() -> None:
 
     with pytest.raises(TypeError, match="messages: cannot guard"):
         _guard_public_api(type("GuardedWithGenerator", (WithGenerator,), {"__slots__": ()}))
+
+
+# -- the peer breaks the protocol after valid messages -------------------------
+
+RESERVED_OPCODE_FRAME = bytes([0x83, 0x80, 1, 2, 3, 4])  # opcode 3, masked, empty: 1002
+
+
+def test_messages_before_a_violation_are_answered_before_the_close(model: str) -> None:
+    """Autobahn 3.2, 4.1.3, 5.15...: what arrived valid is echoed, then 1002 (no pong)."""
+    app, websocket = make_app()
+
+    @websocket.route("/echo")
+    def echo(ws: WebSocketConnection) -> None:
+        for message in ws:
+            ws.send(message)
+
+    with WebSocketTestClient(app, timeout=10, model=model).connect("/echo") as ws:
+        ws._sock.sendall(  # one write: the server reads it all at once
+            client_frame(OP_TEXT, b"first")
+            + client_frame(OP_TEXT, b"sec", fin=False)
+            + client_frame(Opcode.CONT, b"ond")
+            + RESERVED_OPCODE_FRAME
+            + client_frame(Opcode.PING, b"unanswered")
+        )
+        assert ws.receive() == "first"
+        assert ws.receive() == "second"
+        with pytest.raises(ConnectionClosed) as info:
+            ws.receive()
+    assert info.value.code == 1002
+
+
+def test_a_handler_that_does_not_come_back_gets_the_failure_anyway(model: str) -> None:
+    """The close frame is held for the handler at most WEBSOCKET_CLOSE_TIMEOUT seconds."""
+    app, websocket = make_app(WEBSOCKET_CLOSE_TIMEOUT=0.2)
+    state: Dict[str, Any] = {"done": False}
+
+    @websocket.route("/busy")
+    def busy(ws: WebSocketConnection) -> None:
+        ws.send(f"got {ws.receive()}")
+        while not state["done"]:  # busy elsewhere, never receiving again
+            ws.sleep(0.02)
+        state["closed"] = ws.closed
+
+    with WebSocketTestClient(app, timeout=10, model=model).connect("/busy") as ws:
+        ws._sock.sendall(client_frame(OP_TEXT, b"one") + RESERVED_OPCODE_FRAME)
+        assert ws.receive() == "got one"
+        with pytest.raises(ConnectionClosed) as info:
+            ws.receive()
+        state["done"] = True
+    assert info.value.code == 1002
+    assert state["closed"] is True
+
+
+def test_closing_during_the_hold_sends_the_failures_code(model: str) -> None:
+    app, websocket = make_app()
+
+    @websocket.route("/close")
+    def close(ws: WebSocketConnection) -> None:
+        message = ws.receive()
+        ws.send(f"{message} (and {ws.closed=})")
+        ws.close(4000, "the handler's own")
+
+    with WebSocketTestClient(app, timeout=10, model=model).connect("/close") as ws:
+        ws._sock.sendall(client_frame(OP_TEXT, b"one") + client_frame(OP_TEXT, b"\xff"))
+        assert ws.receive() == "one (and ws.closed=False)"
+        with pytest.raises(ConnectionClosed) as info:
+            ws.receive()
+    assert info.value.code == 1007  # invalid UTF-8: the failure, not the handler's 4000
+
+
+# -- the message rate (WEBSOCKET_RATE_LIMIT) -------------------------------------
+
+
+def _echo_app(**config: Any) -> Tuple[Flask, WebSocket]:
+    app, websocket = make_app(**config)
+
+    @websocket.route("/echo")
+    def echo(ws: WebSocketConnection) -> None:
+        for message in ws:
+            ws.send(message)
+
+    @websocket.route("/unlimited", rate_limit=None)
+    def unlimited(ws: WebSocketConnection) -> None:
+        for message in ws:
+            ws.send(message)
+
+    @websocket.route("/limited", rate_limit=(50, 5))
+    def limited(ws: WebSocketConnection) -> None:
+        for message in ws:
+            ws.send(message)
+
+    return app, websocket
+
+
+def _flood(ws: Any, batches: int = 50, size: int = 20) -> Tuple[int, Optional[int]]:
+    """Batches of messages in one write each, reading the echoes: (echoes, close code)."""
+    echoes = 0
+    try:
+        for batch in range(batches):
+            ws._sock.sendall(
+                b"".join(client_frame(OP_TEXT, f"{batch}.{i}".encode()) for i in range(size))
+            )
+            for _ in range(size):
+                ws.receive()
+                echoes += 1
+    except ConnectionClosed as exc:
+        return echoes, exc.code
+    return echoes, None
+
+
+@pytest.fixture
+def fresh_rate_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rate's log lines are rate-limited per process: start each test afresh."""
+    monkeypatch.setattr(ratelimit, "_log", ratelimit.RateLimitedLog(ratelimit.logger, 1.0))
+
+
+@pytest.mark.parametrize("path, config", [("/echo", (50, 5)), ("/limited", None)])
+@pytest.mark.usefixtures("fresh_rate_log")
+def test_a_client_that_goes_on_over_its_rate_is_warned_then_closed_1008(
+    model: str, path: str, config: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, _ = _echo_app(WEBSOCKET_RATE_LIMIT=config)
+    client = WebSocketTestClient(app, timeout=10, model=model)
+    with caplog.at_level(logging.WARNING, "flask_websocket"), client.connect(path) as ws:
+        echoes, code = _flood(ws)
+    assert code == 1008
+    assert echoes >= 5  # what was read before the close reached the handler, and was echoed
+    warned = caplog.text.index("faster than WEBSOCKET_RATE_LIMIT allows (50/s, burst 5)")
+    assert caplog.text.index("with 1008: over its message rate again") > warned
+
+
+@pytest.mark.parametrize("path, config", [("/echo", None), ("/unlimited", (50, 5))])
+def test_without_a_limit_a_flood_is_served(model: str, path: str, config: Any) -> None:
+    app, _ = _echo_app(WEBSOCKET_RATE_LIMIT=config)
+    with WebSocketTestClient(app, timeout=10, model=model).connect(path) as ws:
+        assert _flood(ws, batches=20) == (400, None)
+
+
+def test_one_burst_over_the_limit_only_slows_the_client(model: str) -> None:
+    app, _ = _echo_app(WEBSOCKET_RATE_LIMIT=(50, 5))
+    with WebSocketTestClient(app, timeout=10, model=model).connect("/echo") as ws:
+        assert _flood(ws, batches=1) == (20, None)  # warned: reading paused a while
+        time.sleep(0.5)  # calm until the bucket is full again (20 tokens' time at 50/s)
+        assert _flood(ws, batches=1) == (20, None)  # warned again, not closed
+        ws.send("still open")
+        assert ws.receive() == "still open"
+
+
+def test_a_bad_rate_limit_on_a_route_is_refused_at_once() -> None:
+    _, websocket = make_app()
+    with pytest.raises(ValueError, match=r"rate_limit of '/x' is \(10, 0\): use"):
+        websocket.route("/x", rate_limit=(10, 0))

@@ -49,8 +49,10 @@ ALLOWED: Dict[str, Set[str]] = {
         "keepalive",
         "history",
         "wire",
+        "ratelimit",
     },
     "keepalive": {"close_codes", "concurrency", "exceptions", "protocol"},
+    "ratelimit": {"logs"},
     "rooms": {"exceptions", "history", "hubs", "protocol", "streams", "wire"},
     "hubs": {
         "hubs",

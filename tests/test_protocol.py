@@ -6,7 +6,7 @@ import base64
 import os
 import random
 import struct
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import pytest
 from websockets.datastructures import Headers
@@ -464,3 +464,171 @@ def test_fast_path_agrees_with_the_websockets_parser(seed: int) -> None:
     slow = open_server(max_message_size=65536)
     slow._fast_path = False
     assert _feed(fast, stream, cuts) == _feed(slow, stream, cuts)
+
+
+# -- invalid UTF-8 fails with the bytes that bring it, even inside a frame ------
+
+
+def _chops(frame: bytes, *sizes: int) -> List[bytes]:
+    """``frame`` cut into pieces of ``sizes`` bytes, and the rest."""
+    pieces, start = [], 0
+    for size in sizes:
+        pieces.append(frame[start : start + size])
+        start += size
+    return [*pieces, frame[start:]]
+
+
+def _events_per_chop(server: ServerProtocol, chops: List[bytes]) -> List[list]:
+    return [list(server.receive(chop)[1]) for chop in chops]
+
+
+FAILED_1007 = [CloseStarted(1007, by_peer=False)]
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        # Autobahn 6.4.3 and 6.4.4: a first fragment sent in chops (header, part 1, part 2...)
+        [b"", bytes.fromhex("cebae1bdb9cf83cebcceb5"), bytes.fromhex("f4908080"), b"edited"],
+        [b"", bytes.fromhex("cebae1bdb9cf83cebcceb5f4"), bytes.fromhex("90"), b""],
+    ],
+    ids=["6.4.3", "6.4.4"],
+)
+def test_invalid_utf8_inside_a_fragment_fails_at_once(parts: List[bytes]) -> None:
+    server = open_server()
+    frame = client_frame(OP_TEXT, b"".join(parts), fin=False)
+    header = len(frame) - len(b"".join(parts))
+    chops = _chops(frame, header, len(parts[1]), len(parts[2]))
+    events = _events_per_chop(server, chops[:3])
+    assert events == [[], [], FAILED_1007]  # with the bad bytes, not at the frame's end
+    assert close_code_sent(server) == 1007
+
+
+@pytest.mark.parametrize("size", [20, 300, 70000], ids=["7-bit", "16-bit", "64-bit"])
+def test_invalid_utf8_inside_a_final_frame_fails_at_once(size: int) -> None:
+    server = open_server()
+    payload = "é".encode() * (size // 2) + b"\xff" + b"x" * 50
+    frame = client_frame(OP_TEXT, payload)
+    bad_at = len(frame) - 51  # the \xff
+    chops = _chops(frame, 1, bad_at - 1 - 3, 3, 1)  # a cut header, then up to the bad byte
+    events = _events_per_chop(server, chops)
+    assert events == [[], [], [], FAILED_1007, []]
+    assert close_code_sent(server) == 1007
+
+
+def test_invalid_utf8_in_a_continuation_fails_at_once_after_a_split_character() -> None:
+    server = open_server()
+    encoded = "日本".encode()
+    first = client_frame(OP_TEXT, encoded[:4], fin=False)  # 本 cut after its first byte
+    payload = encoded[4:] + b"ok" + b"\xc0" + b"tail"  # \xc0 is never valid
+    rest = client_frame(Opcode.CONT, payload)
+    bad_at = len(rest) - len(payload) + 4
+    chops = [first + rest[:3], rest[3:bad_at], rest[bad_at : bad_at + 1], rest[bad_at + 1 :]]
+    events = _events_per_chop(server, chops)
+    assert events == [[], [], FAILED_1007, []]
+
+
+def test_valid_text_fed_a_byte_at_a_time_is_never_refused() -> None:
+    server = open_server()
+    encoded = "日本語 κόσμε 🎉".encode()
+    stream = (
+        client_frame(OP_TEXT, encoded[:4], fin=False)
+        + client_frame(Opcode.PING, b"p")
+        + client_frame(Opcode.CONT, encoded[4:13], fin=False)
+        + client_frame(Opcode.CONT, encoded[13:], fin=True)
+        + client_frame(OP_TEXT, encoded)
+        + client_frame(OP_BINARY, b"\xff\xfe")
+    )
+    messages: List[object] = []
+    for byte in stream:
+        messages += server.receive_data(bytes([byte]))
+    assert messages == [encoded.decode(), encoded.decode(), b"\xff\xfe"]
+    assert server.open
+
+
+def _valid_stream(rng: random.Random) -> bytes:
+    pieces = []
+    for _ in range(rng.randint(0, 8)):
+        kind = rng.random()
+        size = rng.choice([0, 1, 5, 125, 126, 127, 300, 65535, 65536, 70000])
+        if kind < 0.4:
+            pieces.append(client_frame(OP_TEXT, ("é" * (size // 2)).encode()))
+        elif kind < 0.6:
+            pieces.append(client_frame(OP_BINARY, rng.randbytes(size)))
+        elif kind < 0.7:
+            pieces.append(client_frame(Opcode.PING, rng.randbytes(min(size, 125))))
+        else:
+            encoded = ("日本" + "é" * (size // 2)).encode()
+            cut = rng.randint(0, len(encoded))
+            pieces.append(client_frame(OP_TEXT, encoded[:cut], fin=False))
+            pieces.append(client_frame(Opcode.PONG, b"between"))
+            pieces.append(client_frame(Opcode.CONT, encoded[cut:]))
+    return b"".join(pieces)
+
+
+def _stream_with_a_bad_byte(rng: random.Random) -> Tuple[bytes, int]:
+    """Valid frames, then a text frame or fragment with invalid UTF-8; where the bad byte is."""
+    stream = _valid_stream(rng)
+    encoded = ("é" * rng.randint(0, 40000)).encode()
+    at = rng.randint(0, len(encoded) // 2) * 2
+    payload = encoded[:at] + b"\xff" + encoded[at:]
+    fragmented = rng.random() < 0.5
+    if fragmented:
+        bad = client_frame(OP_TEXT, b"ok", fin=False) + client_frame(Opcode.CONT, payload)
+    else:
+        bad = client_frame(OP_TEXT, payload)
+    return stream + bad, len(stream) + len(bad) - len(payload) + at
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_early_utf8_checks_agree_with_the_websockets_parser(seed: int) -> None:
+    """Cut anywhere, the server fails as websockets alone would, no later than the bad byte."""
+    rng = random.Random(seed)
+    stream, bad_at = _stream_with_a_bad_byte(rng)
+    cuts = sorted(set(rng.sample(range(1, len(stream)), min(len(stream) - 1, 40))))
+    fast = open_server(max_message_size=None)
+    slow = open_server(max_message_size=None)
+    slow._fast_path = False  # websockets' parser alone, which checks whole frames
+    assert _feed(fast, stream, cuts) == _feed(slow, stream, cuts)
+    # The chop that brings the bad byte is the one that fails.
+    server, start = open_server(max_message_size=None), 0
+    for cut in [*cuts, len(stream)]:
+        _, events = server.receive(stream[start:cut])
+        closing = [event for event in events if isinstance(event, CloseStarted)]
+        if closing:
+            assert closing == FAILED_1007
+            assert start <= bad_at < cut
+            break
+        start = cut
+    else:  # pragma: no cover
+        raise AssertionError("no failure")
+
+
+# -- a failure held back until the messages before it are answered ------------
+
+
+def test_a_held_failure_keeps_its_close_frame_until_released() -> None:
+    server = open_server()
+    messages, events = server.receive(client_frame(OP_TEXT, b"valid") + bytes([0x83, 0x80]))
+    assert messages == ["valid"]
+    assert list(events) == [CloseStarted(1002, by_peer=False)]
+    server.hold_failure()
+    assert server.open and server.failure_held
+    assert server.data_to_send() == []  # the close frame waits
+    assert server.receive(client_frame(OP_TEXT, b"after")) == ([], [])  # discarded
+    server.release_failure()
+    assert not server.open
+    assert close_code_sent(server) == 1002
+
+
+@pytest.mark.parametrize("how", ["send_close", "fail"])
+def test_closing_releases_a_held_failure_with_its_own_code(how: str) -> None:
+    server = open_server()
+    server.receive(client_frame(OP_TEXT, b"valid") + client_frame(OP_TEXT, b"\xff"))
+    server.hold_failure()
+    if how == "send_close":
+        server.send_close(1000, "bye")
+    else:
+        server.fail(1011, "internal error")
+    assert not server.failure_held
+    assert close_code_sent(server) == 1007

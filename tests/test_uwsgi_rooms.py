@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -19,7 +21,17 @@ import pytest
 import websockets
 from websockets.sync.client import ClientConnection, connect
 
-from tests.uwsgi_server import REPO_ROOT, UwsgiServer
+from tests.test_uwsgi_hostile import (
+    OP_CLOSE,
+    OP_PING,
+    OP_TEXT,
+    READ_TIMEOUT,
+    RawWebSocket,
+    build_frame,
+    close_payload,
+    handshake_request,
+)
+from tests.uwsgi_server import REPO_ROOT, UwsgiServer, poll_until
 
 pytestmark = pytest.mark.uwsgi
 
@@ -245,3 +257,102 @@ def test_slow_consumer_is_disconnected_and_others_get_everything(start_uwsgi) ->
     assert "send queue full" in server.log()
     assert growth < 64 * 1024 * 1024, f"worker grew by {growth / 2**20:.1f} MiB"
     assert server.crash_lines() == []
+
+
+def _slow_reader(port: int, path: str) -> RawWebSocket:
+    """A raw client with a small receive buffer, so that the kernel absorbs little."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(READ_TIMEOUT)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(handshake_request(port, path, key))
+    response = b""
+    while b"\r\n\r\n" not in response:
+        chunk = sock.recv(1)  # one byte at a time: nothing after the head is taken
+        assert chunk, f"closed during the handshake: {response!r}"
+        response += chunk
+    assert response.split(b" ", 2)[1] == b"101", response
+    return RawWebSocket(sock)
+
+
+def _read_until_close(
+    raw: RawWebSocket, before: List[Tuple[int, bytes]], reset_allowed: bool
+) -> Tuple[int, str]:
+    """Read frames into ``before`` up to the close frame: its (code, reason).
+
+    With ``reset_allowed`` a connection reset ends the stream too: (1006, "").
+    """
+    for _ in range(1000):  # bounded: fewer frames than the burst
+        try:
+            opcode, payload = raw.read_frame(timeout=30)
+        except ConnectionResetError:
+            if not reset_allowed:
+                raise
+            return 1006, ""
+        if opcode == OP_CLOSE:
+            (code,) = struct.unpack("!H", payload[:2])
+            return code, payload[2:].decode("utf-8")
+        before.append((opcode, payload))
+    raise AssertionError(f"no close frame among {len(before)} frames")
+
+
+@pytest.mark.parametrize("mode", ["http-socket", "http"])
+@pytest.mark.parametrize("reads_again", ["within the close timeout", "after it"])
+def test_a_cut_off_reader_gets_whole_frames_then_1013(
+    start_uwsgi, mode: str, reads_again: str
+) -> None:
+    """What a reader cut off by the disconnect policy finds on the wire.
+
+    Frames of 20 000 bytes, so that the kernel always holds the beginning
+    of one when the policy strikes. Read within the close timeout, the
+    reader gets whole frames, in order, then the 1013 close frame; read
+    after the server let it go, the same (the kernel keeps what ends the
+    stream at a frame boundary), though the reader pinged meanwhile: bytes
+    never read must not turn the close into a reset.
+    """
+    within = reads_again == "within the close timeout"
+    server = start_uwsgi(
+        "tests.apps.rooms:app",
+        mode=mode,
+        gevent=10,
+        env={"FWS_HUB_URL": "memory://", "FWS_CLOSE_TIMEOUT": "120" if within else "1"},
+    )
+    count, size = 200, 20000
+    slow = _slow_reader(server.port, "/ws/feed")
+    try:
+        assert slow.read_frame()[1].startswith(b"id:")
+        slow.send(build_frame(OP_TEXT, f"slowmode:{64 * 1024}".encode()))
+        assert slow.read_frame() == (OP_TEXT, b"slowmode set")
+        with connect(server.url("/ws/feed"), open_timeout=10) as publisher:
+            publisher.recv(timeout=10)
+            publisher.send(f"burst:{count}:{size}")
+            while publisher.recv(timeout=60) != "burst done":
+                pass
+            if not within:
+                slow.send(build_frame(OP_PING, b"unread"))
+                # The slow one's request ends when the server lets it go.
+                assert poll_until(lambda: "GET /ws/feed =>" in server.log(), 30), server.log()
+            before: List[Tuple[int, bytes]] = []
+            code, reason = _read_until_close(
+                slow, before, reset_allowed=not within and mode == "http"
+            )
+            if within:
+                slow.send(build_frame(OP_CLOSE, close_payload(code)))
+            if code != 1006:
+                slow.wait_eof(timeout=30)
+    finally:
+        slow.close()
+    if code == 1006:
+        # Behind the router the ping reaches the server only after it let the
+        # connection go (the router stops reading a client it cannot write
+        # to), and the kernel answers it with a reset (see docs/rooms.rst):
+        # what the reader found before it is still whole frames, in order.
+        assert "GET /ws/feed =>" in server.log()
+    else:
+        assert (code, reason) == (1013, "send queue full: reading too slowly")
+        assert before  # the kernel kept the stream's end for the reader
+    assert len(before) < count
+    expected = [(OP_TEXT, f"{i}:".ljust(size, "x").encode()) for i in range(len(before))]
+    assert before == expected  # whole frames, in order, none cut
+    assert "send queue full" in server.log()

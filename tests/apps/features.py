@@ -2,7 +2,8 @@
 
 Settings come from environment variables so one module serves every test:
 ``FWS_PING_INTERVAL``, ``FWS_PING_TIMEOUT``, ``FWS_CLOSE_TIMEOUT``,
-``FWS_DEBUG`` (set app.debug before WebSocket(app)).
+``FWS_RATE_LIMIT`` ("rate,burst"), ``FWS_DEBUG`` (set app.debug before
+WebSocket(app)).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ if "FWS_PING_TIMEOUT" in os.environ:
     app.config["WEBSOCKET_PING_TIMEOUT"] = _float_env("FWS_PING_TIMEOUT")
 if "FWS_CLOSE_TIMEOUT" in os.environ:
     app.config["WEBSOCKET_CLOSE_TIMEOUT"] = _float_env("FWS_CLOSE_TIMEOUT")
+if "FWS_RATE_LIMIT" in os.environ:
+    rate, burst = os.environ["FWS_RATE_LIMIT"].split(",")
+    app.config["WEBSOCKET_RATE_LIMIT"] = (float(rate), int(burst))
 
 websocket = WebSocket(app)
 bp = Blueprint("bp", __name__, url_prefix="/bp")
