@@ -213,3 +213,29 @@ def test_a_position_older_than_the_history_is_told_not_recovered(start_uwsgi) ->
     joined, kept = asyncio.run(scenario())
     assert joined["recovered"] is False
     assert [text for _, text in kept] == ["m8", "m9", "last"]
+
+
+def test_a_member_that_joined_before_the_room_had_a_stream_resumes(start_uwsgi, redis_url) -> None:
+    """Redis: a room without a stream answers the join with an empty epoch; ``room::0`` resumes."""
+    env = {"FWS_WEBSOCKET_HUB_URL": redis_url.url}
+    extra = ["--gevent-early-monkey-patch"]
+    server = start_uwsgi(APP, processes=1, gevent=100, extra=extra, env=env)
+    room = f"r{time.monotonic_ns()}"
+
+    async def scenario() -> Tuple[Dict[str, Any], Dict[str, Any], List[Tuple[int, str]]]:
+        early, first = await member(server, room)
+        await early.close()  # gone before the room's first message
+        talker, _ = await member(server, room)
+        for i in range(3):
+            await talker.send(f"say:m{i}")
+        await stream_of(talker, 3)
+        back, joined = await member(server, room, since=("", 0))
+        missed = await stream_of(back, 3)
+        await talker.close()
+        await back.close()
+        return first, joined, missed
+
+    first, joined, missed = asyncio.run(scenario())
+    assert (first["e"], first["o"]) == ("", 0)
+    assert joined["recovered"] is True and joined["e"] != ""
+    assert missed == [(1, "m0"), (2, "m1"), (3, "m2")]
