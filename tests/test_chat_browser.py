@@ -56,9 +56,19 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def hub_env() -> Iterator[Dict[str, str]]:
-    """The chat's local hub and history, private to the test (removed after)."""
-    with private_hub("chat") as env:
+def hub_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Dict[str, str]]:
+    """The chat's hub and history, private to the test: local (by default) or redis."""
+    if getattr(request, "param", "local") == "redis":
+        from tests.redis_server import REDIS_SERVER, RedisServer
+
+        if REDIS_SERVER is None:
+            if os.environ.get("CI"):
+                pytest.fail("redis-server is not on PATH")
+            pytest.skip("redis-server is not on PATH")
+        with RedisServer(log_dir=tmp_path) as redis:
+            yield {"FLASK_WEBSOCKET_HUB_URL": redis.url}
+        return
+    with private_hub("chat") as env:  # the local hub's history database, removed after
         yield env
 
 
@@ -197,6 +207,15 @@ def test_chat_between_two_browsers(
     assert bob.page.evaluate("window.pwned") is None
     assert alice.page.evaluate("window.pwned") is None
 
+    # Dave, who comes later, is shown the conversation so far, in order.
+    dave = open_chat(browser, direct, "dave", "lobby")
+    expect(dave.page.locator("#messages li.message .text")).to_have_text(
+        ["Hello bob", "Hi alice, how are you?", hostile]
+    )
+    expect(dave.page.locator("#messages li.notice-join")).to_have_count(1)  # his own: no old ones
+    dave.context.close()
+    assert dave.problems == [], dave.problems
+
     # Carol, in another room, saw none of it: her own message is her only one.
     carol.say("anyone in the kitchen?")
     expect(carol.messages("anyone in the kitchen?")).to_have_count(1)
@@ -308,6 +327,7 @@ def away(
             chat.context.close()
 
 
+@pytest.mark.parametrize("hub_env", ["local", "redis"], indirect=True)
 def test_a_page_cut_off_the_network_for_5_s_shows_every_message_once(away: Away) -> None:
     assert away.relay.cut(refuse_for=5) >= 1  # RST to both ends; refused for 5 s
     said = away.bob_says_while_alice_is_away()
