@@ -105,7 +105,7 @@ class TcpRelay:
         self._thread.join(10)
         self._loop = None
 
-    def url(self, path: str = "/") -> str:
+    def http_url(self, path: str = "/") -> str:
         """``http://`` URL of ``path`` through the relay."""
         return f"http://127.0.0.1:{self.port}{path}"
 

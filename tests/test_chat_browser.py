@@ -18,7 +18,7 @@ import re
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Protocol
 
 import pytest
 from playwright.sync_api import (
@@ -129,8 +129,15 @@ class ChatPage:
         return self.page.locator("#messages li.message").filter(has_text=text)
 
 
-def open_chat(browser: Browser, base: str, nick: str, room: str) -> ChatPage:
-    """A new browser context on the chat page of ``room`` at ``base``, joined as ``nick``."""
+class Site(Protocol):
+    """Where the chat is: a server, the relay in front of it, a proxy."""
+
+    def http_url(self, path: str = "/") -> str:
+        """The URL of ``path`` there."""
+
+
+def open_chat(browser: Browser, site: Site, nick: str, room: str) -> ChatPage:
+    """A new browser context on the chat page of ``room`` at ``site``, joined as ``nick``."""
     context = browser.new_context(viewport={"width": 1000, "height": 640})
     context.set_default_timeout(WAIT_MS)
     page = context.new_page()
@@ -142,7 +149,7 @@ def open_chat(browser: Browser, base: str, nick: str, room: str) -> ChatPage:
 
     page.on("console", on_console)
     page.on("pageerror", lambda error: chat.problems.append(f"page error: {error}"))
-    page.goto(f"{base}/?room={room}")
+    page.goto(site.http_url(f"/?room={room}"))
     expect(page.locator("#room")).to_have_value(room)
     chat.join()
     expect(page.locator("#room-title")).to_have_text(f"#{room}")
@@ -173,11 +180,10 @@ def test_chat_between_two_browsers(
 ) -> None:
     expect.set_options(timeout=WAIT_MS)
     server = start_chat(start_uwsgi, hub_env)
-    direct = server.http_url("")
-    alice = open_chat(browser, direct, "alice", "lobby")
-    bob = open_chat(browser, direct, "bob", "lobby")
+    alice = open_chat(browser, server, "alice", "lobby")
+    bob = open_chat(browser, server, "bob", "lobby")
     on_other_workers(alice, bob)
-    carol = open_chat(browser, direct, "carol", "kitchen")
+    carol = open_chat(browser, server, "carol", "kitchen")
 
     # Presence: each sees the other, whoever joined first; carol's room is hers alone.
     expect(alice.members()).to_have_text(["alice (you)", "bob"])
@@ -208,7 +214,7 @@ def test_chat_between_two_browsers(
     assert alice.page.evaluate("window.pwned") is None
 
     # Dave, who comes later, is shown the conversation so far, in order.
-    dave = open_chat(browser, direct, "dave", "lobby")
+    dave = open_chat(browser, server, "dave", "lobby")
     expect(dave.page.locator("#messages li.message .text")).to_have_text(
         ["Hello bob", "Hi alice, how are you?", hostile]
     )
@@ -315,8 +321,8 @@ def away(
     server = start_chat(start_uwsgi, hub_env)
     room = "lobby"
     with TcpRelay(server.port) as relay:
-        alice = open_chat(browser, relay.url("").rstrip("/"), "alice", room)
-        bob = open_chat(browser, server.http_url(""), "bob", room)
+        alice = open_chat(browser, relay, "alice", room)  # through the relay
+        bob = open_chat(browser, server, "bob", room)
         on_other_workers(alice, bob)
         scene = Away(server, relay, alice, bob, room)
         bob.say("before")

@@ -98,7 +98,7 @@ def page(browser: Browser, served: Served) -> Iterator[Page]:
     page = context.new_page()
     problems: List[str] = []
     page.on("pageerror", lambda error: problems.append(str(error)))
-    page.goto(served.relay.url("/"))
+    page.goto(served.relay.http_url("/"))
     page.evaluate(HARNESS)
     yield page
     context.close()
