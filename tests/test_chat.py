@@ -9,11 +9,12 @@ from __future__ import annotations
 import itertools
 import json
 import urllib.parse
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
 from examples.chat import (
+    HISTORY_SIZE,
     MAX_MESSAGE_LENGTH,
     MAX_NICK_LENGTH,
     MAX_ROOM_LENGTH,
@@ -58,14 +59,29 @@ def receive_json(ws: TestConnection) -> Dict[str, Any]:
 
 
 def join(client: WebSocketTestClient, nick: str, room: str) -> TestConnection:
-    """Connect as ``nick`` to ``room`` and read the welcome."""
-    ws = client.connect(f"/ws/{room}", query_string=f"nick={nick}")
-    welcome = receive_json(ws)
-    assert welcome["type"] == "welcome"
-    assert welcome["nick"] == nick
-    assert welcome["room"] == room
-    assert welcome["id"]
+    """Connect as ``nick`` to a room without history yet and read the welcome."""
+    ws, replayed = join_with_history(client, nick, room)
+    assert replayed == []
     return ws
+
+
+def join_with_history(
+    client: WebSocketTestClient, nick: str, room: str
+) -> Tuple[TestConnection, List[Dict[str, Any]]]:
+    """Connect as ``nick`` to ``room``: the room's last messages, then the welcome."""
+    ws = client.connect(f"/ws/{room}", query_string=f"nick={nick}")
+    replayed: List[Dict[str, Any]] = []
+    for _ in range(HISTORY_SIZE + 1):  # bounded: the history, then the welcome
+        message = receive_json(ws)
+        if message["type"] == "welcome":
+            break
+        replayed.append(message)
+    else:
+        raise AssertionError(f"no welcome after {HISTORY_SIZE} messages")
+    assert message["nick"] == nick
+    assert message["room"] == room
+    assert message["id"]
+    return ws, replayed
 
 
 def say(ws: TestConnection, text: str) -> None:
@@ -280,10 +296,9 @@ def test_a_page_that_joins_gets_the_rooms_last_messages_and_no_old_presence(
         assert [receive_json(ws)["text"] for _ in range(3)] == ["one", "two", "three"]
     bob.close()
     assert receive_json(alice)["type"] == "leave"
-    # Carol comes later: the conversation so far, in order, after her welcome;
+    # Carol comes later: the conversation so far, in order, then her welcome;
     # none of the presence notices (bob's join and leave are not history).
-    carol = join(client, "carol", room)
-    replayed = [receive_json(carol) for _ in range(3)]
+    carol, replayed = join_with_history(client, "carol", room)
     assert [(m["type"], m["from"], m["text"]) for m in replayed] == [
         ("message", "alice", text) for text in ("one", "two", "three")
     ]
@@ -312,9 +327,9 @@ def test_a_page_that_comes_back_gets_what_it_missed_once(
     """What the JavaScript client does, by hand: fws.v1, then its position on reconnecting."""
     page = client.connect(f"/ws/{room}", query_string="nick=alice", subprotocols=["fws.v1"])
     assert page.subprotocol == "fws.v1"
-    assert json.loads(receive_json(page)["d"])["type"] == "welcome"
-    first = receive_json(page)
+    first = receive_json(page)  # the join's answer: the room's position
     assert (first["j"], first["recovered"]) == (stream_room(room), True)
+    assert json.loads(receive_json(page)["d"])["type"] == "welcome"
     bob = join(client, "bob", room)
     say(bob, "before")
     (before,) = fws_stream(page, 1)
@@ -322,15 +337,24 @@ def test_a_page_that_comes_back_gets_what_it_missed_once(
     page.close()
     for text in ("while away 1", "while away 2"):
         say(bob, text)
+    # Both are in the room's history once bob has them back.
+    texts: List[str] = []
+    for _ in range(10):  # bounded: his "before", alice's leave, then these
+        message = receive_json(bob)
+        if message["type"] == "message":
+            texts.append(message["text"])
+        if texts[-1:] == ["while away 2"]:
+            break
+    assert texts == ["before", "while away 1", "while away 2"]
     since = f"{stream_room(room)}:{before['e']}:{before['o']}"
     query = urllib.parse.urlencode({"nick": "alice", "fws_since": since})
     back = client.connect(f"/ws/{room}", query_string=query, subprotocols=["fws.v1"])
-    assert json.loads(receive_json(back)["d"])["type"] == "welcome"
     joined = receive_json(back)
     assert (joined["j"], joined["recovered"]) == (stream_room(room), True)
     missed = fws_stream(back, 2)
     assert [json.loads(m["d"])["text"] for m in missed] == ["while away 1", "while away 2"]
     assert [m["o"] for m in missed] == [before["o"] + 1, before["o"] + 2]
+    assert json.loads(receive_json(back)["d"])["type"] == "welcome"  # after what it missed
     say(bob, "live")
     assert [json.loads(m["d"])["text"] for m in fws_stream(back, 1)] == ["live"]
     back.close()

@@ -135,16 +135,14 @@
 
   const handlers = {
     welcome(data) {
-      // Each connection is welcomed: the first of this visit, and each one
-      // the client made after a drop. The member list starts over.
+      // Each connection is welcomed once it is in the room (after the room's
+      // messages): the first of this visit, and each one the client made
+      // after a drop.
       state.me = data.id;
       state.mine.add(data.id);
-      state.members.clear();
       state.members.set(data.id, data.nick);
       $("chat").dataset.connectionId = data.id;
-      if (state.welcomed) {
-        addNotice("Reconnected.", "info");
-      } else {
+      if (!state.welcomed) {
         showChat();
         addNotice(`You joined #${data.room} as ${data.nick}.`, "join");
       }
@@ -197,7 +195,12 @@
     client.onstatechange = (now, detail) => {
       if (client !== state.client) return;
       if (now === "open") {
+        // A new connection: the member list starts over (the others answer
+        // its join), and what it missed follows.
         setStatus("connected", true);
+        state.members.clear();
+        renderMembers();
+        if (state.welcomed) addNotice("Reconnected.", "info");
       } else if (now === "reconnecting" && $("status").textContent !== "reconnecting…") {
         setStatus("reconnecting…", false);
         $("status").dataset.closeCode = String(detail.code); // why it dropped
