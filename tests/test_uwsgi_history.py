@@ -239,3 +239,28 @@ def test_a_member_that_joined_before_the_room_had_a_stream_resumes(start_uwsgi, 
     assert (first["e"], first["o"]) == ("", 0)
     assert joined["recovered"] is True and joined["e"] != ""
     assert missed == [(1, "m0"), (2, "m1"), (3, "m2")]
+
+
+def test_many_members_of_one_worker_publishing_at_once_are_all_stored(start_uwsgi) -> None:
+    """gevent: SQLite's calls run in system threads; twenty handlers append at the same time."""
+    server = start_uwsgi(APP, processes=1, gevent=100, extra=["--gevent-early-monkey-patch"])
+    room = f"r{time.monotonic_ns()}"
+    members, each = 20, 5
+
+    async def scenario() -> List[List[Tuple[int, str]]]:
+        sockets = [(await member(server, room))[0] for _ in range(members)]
+        await asyncio.gather(
+            *(ws.send(f"say:{i}.{n}") for i, ws in enumerate(sockets) for n in range(each))
+        )
+        seen = await asyncio.gather(*(stream_of(ws, members * each) for ws in sockets))
+        for ws in sockets:
+            await ws.close()
+        return list(seen)
+
+    seen = asyncio.run(scenario())
+    first = seen[0]
+    assert sorted(text for _, text in first) == sorted(
+        f"{i}.{n}" for i in range(members) for n in range(each)
+    )
+    assert [offset for offset, _ in first] == list(range(1, members * each + 1))
+    assert all(other == first for other in seen[1:])
