@@ -8,18 +8,14 @@ Without it they are skipped, except under CI, where they fail.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
-import time
-from typing import Dict, Iterator, Optional
+from typing import Iterator, Optional
 
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from flask_websocket.sqlite_history import private_directory
-
-__all__ = ["CHROMIUM_ARGS", "find_chromium", "launch_chromium", "private_hub"]
+__all__ = ["CHROMIUM_ARGS", "find_chromium", "launch_chromium"]
 
 #: Flags for a headless Chromium that talks to nothing but 127.0.0.1.
 CHROMIUM_ARGS = [
@@ -59,21 +55,3 @@ def launch_chromium() -> Iterator[Browser]:
             yield browser
         finally:
             browser.close()
-
-
-@contextlib.contextmanager
-def private_hub(prefix: str) -> Iterator[Dict[str, str]]:
-    """Environment for a uWSGI app whose local hub (and history database) is its own.
-
-    The local hub keeps rooms' history in an SQLite database per deployment
-    that outlives the workers (and the test); this one gets a name of its
-    own, and its files are removed afterwards.
-    """
-    name = f"{prefix}-{os.getpid()}-{time.monotonic_ns()}"
-    try:
-        yield {"FLASK_WEBSOCKET_HUB_OPTIONS": json.dumps({"name": name})}
-    finally:
-        directory = private_directory()
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            with contextlib.suppress(FileNotFoundError):
-                (directory / f"{name}.sqlite3{suffix}").unlink()

@@ -30,8 +30,9 @@ from playwright.sync_api import (
     expect,
 )
 
-from tests.browser import launch_chromium, private_hub
+from tests.browser import launch_chromium
 from tests.conftest import StartServer
+from tests.private_hub import private_hub
 from tests.relay import TcpRelay, worker_holding
 from tests.uwsgi_server import UwsgiServer, poll_until
 
@@ -176,7 +177,7 @@ def on_other_workers(alice: ChatPage, bob: ChatPage) -> None:
 
 
 def test_chat_between_two_browsers(
-    start_uwsgi: StartServer, browser: Browser, tmp_path: Path, hub_env: Dict[str, str]
+    hub_env: Dict[str, str], start_uwsgi: StartServer, browser: Browser, tmp_path: Path
 ) -> None:
     expect.set_options(timeout=WAIT_MS)
     server = start_chat(start_uwsgi, hub_env)
@@ -315,7 +316,7 @@ class Away:
 
 @pytest.fixture
 def away(
-    start_uwsgi: StartServer, browser: Browser, hub_env: Dict[str, str]
+    hub_env: Dict[str, str], start_uwsgi: StartServer, browser: Browser
 ) -> Iterator[Away]:
     expect.set_options(timeout=WAIT_MS)
     server = start_chat(start_uwsgi, hub_env)

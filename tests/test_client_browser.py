@@ -18,8 +18,9 @@ from typing import Any, Dict, Iterator, List
 import pytest
 from playwright.sync_api import Browser, Page
 
-from tests.browser import launch_chromium, private_hub
+from tests.browser import launch_chromium
 from tests.conftest import StartServer
+from tests.private_hub import private_hub
 from tests.relay import TcpRelay
 from tests.uwsgi_server import UwsgiServer
 

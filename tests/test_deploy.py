@@ -577,7 +577,7 @@ def test_no_pings_warning_is_the_one_the_docs_show() -> None:
 @pytest.fixture
 def chat_hub() -> Iterator[Dict[str, str]]:
     """A hub of the test's own for the chat: its rooms' history outlives deployments."""
-    from tests.browser import private_hub
+    from tests.private_hub import private_hub
 
     with private_hub("deploy-chat") as env:
         yield env

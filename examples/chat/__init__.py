@@ -30,9 +30,8 @@ page → server
 ==============================================================  =========================
 server → page
 ==============================================================  =========================
-``{"type": "welcome", "id", "nick", "room"}``                   you are in (after the
-                                                                room's messages): who
-                                                                you are
+``{"type": "welcome", "id", "nick", "room"}``                   first message of each
+                                                                connection: who you are
 ``{"type": "join", "id", "nick", "room"}``                      someone entered the room
 ``{"type": "present", "id", "nick", "room"}``                   someone already here (an
                                                                 answer to your ``join``)
@@ -304,14 +303,13 @@ def chat(ws: WebSocketConnection, room: str) -> None:
     if problem is not None:
         ws.close(CloseCode.POLICY_VIOLATION, problem)
         return
+    me = ws.id
+    ws.send(_dump(type="welcome", id=me, nick=nick, room=room))  # first, always
     who = presence_room(room)
     ws.join(who)  # before announcing: see the module's docstring
-    _join_stream(ws, room)  # the room's last messages, or what this page missed
-    me = ws.id
     _broadcast(_dump(type="join", id=me, nick=nick, room=room), who, skip=ws)
-    # Last: a page that has its welcome is in, and the others were told.
-    ws.send(_dump(type="welcome", id=me, nick=nick, room=room))
     try:
+        _join_stream(ws, room)  # then the room's last messages, or what this page missed
         for raw in ws:
             _handle(ws, raw, nick, room)
     finally:

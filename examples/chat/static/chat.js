@@ -135,9 +135,8 @@
 
   const handlers = {
     welcome(data) {
-      // Each connection is welcomed once it is in the room (after the room's
-      // messages): the first of this visit, and each one the client made
-      // after a drop.
+      // Each connection is welcomed first: the first of this visit, and each
+      // one the client made after a drop.
       state.me = data.id;
       state.mine.add(data.id);
       state.members.set(data.id, data.nick);
