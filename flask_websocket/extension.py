@@ -71,6 +71,12 @@ START_RESPONSE_KEY = "flask_websocket.start_response"
 
 EXTENSION_KEY = "websocket"
 
+#: The blueprint that serves the JavaScript client, ``client.js`` (docs/client.rst):
+#: ``url_for("flask_websocket.static", filename="client.js")``.
+CLIENT_BLUEPRINT = "flask_websocket"
+#: Where it serves it: ``/_websocket/client.js``.
+CLIENT_URL_PATH = "/_websocket"
+
 _FORBIDDEN_ORIGIN = (
     "Forbidden: this WebSocket does not accept connections from pages of that origin "
     "(WEBSOCKET_ALLOWED_ORIGINS).\n"
@@ -353,6 +359,10 @@ class WebSocket:
     def init_app(self, app: Flask) -> None:
         """Set up ``app``: config defaults, middleware, routes, CLI commands.
 
+        Also registers the blueprint ``flask_websocket``, which serves the
+        JavaScript client at ``/_websocket/client.js``
+        (``url_for("flask_websocket.static", filename="client.js")``).
+
         Logs a warning when ``WEBSOCKET_PING_INTERVAL`` turns pings off.
 
         Raises:
@@ -392,6 +402,10 @@ class WebSocket:
         from .cli import websocket_cli
 
         app.cli.add_command(websocket_cli)
+        client = Blueprint(
+            CLIENT_BLUEPRINT, __name__, static_folder="static", static_url_path=CLIENT_URL_PATH
+        )
+        app.register_blueprint(client)
         self._apps.append(app)
         for route in self._routes:
             if route.blueprint is None:

@@ -186,6 +186,8 @@ def recovery(epoch: str, last: int, kept: List[Entry], since: Optional[Position]
     """What a join gets from what the store holds: exact when nothing is missing."""
     if since is None:
         return Recovery(True, epoch, last, ())
+    if not since.epoch:  # joined before the room had a stream: all of this one is new to it
+        since = Position(epoch, 0)
     if since.epoch != epoch or since.offset > last:
         return Recovery(False, epoch, last, tuple(kept))  # another stream: reload
     wanted = last - since.offset

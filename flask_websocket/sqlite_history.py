@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
-from .concurrency.blocking import thread_lock
+from .concurrency.blocking import system_lock
 from .exceptions import ConfigurationError
 from .history import Entry, HistoryStore, Limits, Position, new_epoch
 
@@ -76,7 +76,9 @@ class SqliteStore(HistoryStore):
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = thread_lock()  # one connection, used by one thread at a time
+        # One connection, used by one system thread at a time (a cooperative
+        # lock, under gevent's patching, hangs two threads that want it at once).
+        self._lock = system_lock()
         self._db: Optional[sqlite3.Connection] = None
         self._epoch = ""
 

@@ -21,7 +21,10 @@ message after the position the client gave (when ``recovered`` is true,
 exactly what it missed), then live messages. Messages from the client are
 the app's own, unchanged. On reconnecting, the client gives its positions
 in the query string: ``fws_since=<room>:<epoch>:<offset>``, once per room
-(URL-encoded); a handler's ``ws.join(room)`` picks the room's up.
+(URL-encoded); a handler's ``ws.join(room)`` picks the room's up. A client
+whose join was answered with an empty epoch (the room had no stream yet:
+the redis hub before a room's first message) gives ``<room>::0``: every
+message of the stream that started since is what it missed.
 
 Clients that do not offer ``fws.v1`` get the app's messages unchanged and
 no positions.
@@ -88,14 +91,15 @@ def parse_since(values: Iterable[str]) -> Dict[str, Position]:
     """The positions a reconnecting client gave (``room:epoch:offset``), malformed ones left out.
 
     The room comes first and may itself contain ``:``; the epoch and the
-    offset are the last two fields.
+    offset are the last two fields. An empty epoch is kept with offset 0
+    only: the room had no stream when the client joined it.
     """
     positions: Dict[str, Position] = {}
     for value in values:
         room, _, rest = value.rpartition(":")
         room, _, epoch = room.rpartition(":")
         offset = _offset(rest)
-        if room and epoch and offset is not None and len(positions) < 100:
+        if room and offset is not None and (epoch or offset == 0) and len(positions) < 100:
             positions[room] = Position(epoch, offset)
     return positions
 

@@ -20,7 +20,7 @@ need_apt() { dpkg -s "$1" >/dev/null 2>&1 || apt_packages+=("$1"); }
 need_apt gcc
 need_apt libssl-dev
 need_apt python3-dev
-need_apt chromium  # the browser test drives it with Playwright
+need_apt chromium  # the browser tests (the chat, the JavaScript client) drive it with Playwright
 need_apt redis-server  # the redis hub's tests start their own redis-server
 need_apt nginx  # tests/test_deploy.py: deploy/nginx-*.conf for real
 need_apt haproxy  # tests/test_deploy.py: deploy/haproxy.cfg for real

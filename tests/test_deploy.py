@@ -574,13 +574,25 @@ def test_no_pings_warning_is_the_one_the_docs_show() -> None:
 # The chat example in Chromium, over wss:// through each proxy
 
 
+@pytest.fixture
+def chat_hub() -> Iterator[Dict[str, str]]:
+    """A hub of the test's own for the chat: its rooms' history outlives deployments."""
+    from tests.private_hub import private_hub
+
+    with private_hub("deploy-chat") as env:
+        yield env
+
+
 @pytest.mark.browser
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("kind", PROXIES)
-def test_chat_in_chromium_over_wss(kind: str, tmp_path: Path, certificate: Certificate) -> None:
+def test_chat_in_chromium_over_wss(
+    kind: str, tmp_path: Path, certificate: Certificate, chat_hub: Dict[str, str]
+) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    from tests.test_chat_browser import CHROMIUM_ARGS, WAIT_MS, find_chromium, open_chat
+    from tests.browser import CHROMIUM_ARGS, find_chromium
+    from tests.test_chat_browser import WAIT_MS, open_chat
 
     executable = find_chromium()
     if executable is None:
@@ -591,7 +603,7 @@ def test_chat_in_chromium_over_wss(kind: str, tmp_path: Path, certificate: Certi
     # Only the public origin may connect: the browser's Origin must be it.
     running = deploy(
         tmp_path, kind, "examples.chat:app", certificate,
-        env={"FLASK_SECRET_KEY": "test-only"}, allow_no_origin=False,
+        env={"FLASK_SECRET_KEY": "test-only", **chat_hub}, allow_no_origin=False,
     )  # fmt: skip
     try:
         expect.set_options(timeout=WAIT_MS)

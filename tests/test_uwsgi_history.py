@@ -213,3 +213,54 @@ def test_a_position_older_than_the_history_is_told_not_recovered(start_uwsgi) ->
     joined, kept = asyncio.run(scenario())
     assert joined["recovered"] is False
     assert [text for _, text in kept] == ["m8", "m9", "last"]
+
+
+def test_a_member_that_joined_before_the_room_had_a_stream_resumes(start_uwsgi, redis_url) -> None:
+    """Redis: a room without a stream answers the join with an empty epoch; ``room::0`` resumes."""
+    env = {"FWS_WEBSOCKET_HUB_URL": redis_url.url}
+    extra = ["--gevent-early-monkey-patch"]
+    server = start_uwsgi(APP, processes=1, gevent=100, extra=extra, env=env)
+    room = f"r{time.monotonic_ns()}"
+
+    async def scenario() -> Tuple[Dict[str, Any], Dict[str, Any], List[Tuple[int, str]]]:
+        early, first = await member(server, room)
+        await early.close()  # gone before the room's first message
+        talker, _ = await member(server, room)
+        for i in range(3):
+            await talker.send(f"say:m{i}")
+        await stream_of(talker, 3)
+        back, joined = await member(server, room, since=("", 0))
+        missed = await stream_of(back, 3)
+        await talker.close()
+        await back.close()
+        return first, joined, missed
+
+    first, joined, missed = asyncio.run(scenario())
+    assert (first["e"], first["o"]) == ("", 0)
+    assert joined["recovered"] is True and joined["e"] != ""
+    assert missed == [(1, "m0"), (2, "m1"), (3, "m2")]
+
+
+def test_many_members_of_one_worker_publishing_at_once_are_all_stored(start_uwsgi) -> None:
+    """gevent: SQLite's calls run in system threads; twenty handlers append at the same time."""
+    server = start_uwsgi(APP, processes=1, gevent=100, extra=["--gevent-early-monkey-patch"])
+    room = f"r{time.monotonic_ns()}"
+    members, each = 20, 5
+
+    async def scenario() -> List[List[Tuple[int, str]]]:
+        sockets = [(await member(server, room))[0] for _ in range(members)]
+        await asyncio.gather(
+            *(ws.send(f"say:{i}.{n}") for i, ws in enumerate(sockets) for n in range(each))
+        )
+        seen = await asyncio.gather(*(stream_of(ws, members * each) for ws in sockets))
+        for ws in sockets:
+            await ws.close()
+        return list(seen)
+
+    seen = asyncio.run(scenario())
+    first = seen[0]
+    assert sorted(text for _, text in first) == sorted(
+        f"{i}.{n}" for i in range(members) for n in range(each)
+    )
+    assert [offset for offset, _ in first] == list(range(1, members * each + 1))
+    assert all(other == first for other in seen[1:])

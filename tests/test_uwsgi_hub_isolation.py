@@ -27,6 +27,7 @@ from websockets.sync.client import ClientConnection, connect
 from flask_websocket.hubs.base import KIND_ROOM, Envelope
 from flask_websocket.hubs.local import group_addresses
 from flask_websocket.protocol import OP_TEXT
+from flask_websocket.sqlite_history import private_directory
 from tests.uwsgi_server import REPO_ROOT, UwsgiServer, poll_until
 
 pytestmark = pytest.mark.uwsgi
@@ -82,6 +83,18 @@ def hub_groups(*servers: UwsgiServer) -> List[str]:
     )
 
 
+def remove_history(*servers: UwsgiServer) -> None:
+    """Stop ``servers`` and remove their hubs' history databases (the chat keeps one,
+    and it outlives the deployment: these deployments are gone for good)."""
+    groups = hub_groups(*servers)
+    for server in servers:
+        server.stop()
+    directory = private_directory()
+    for group in groups:
+        for suffix in ("", "-wal", "-shm"):
+            (directory / f"{group}.sqlite3{suffix}").unlink(missing_ok=True)
+
+
 def assert_isolated(first: UwsgiServer, second: UwsgiServer) -> None:
     a, b = chat_member(first, "alice"), chat_member(second, "bob")
     say(a, "only for the first")
@@ -99,6 +112,7 @@ def test_two_directories_share_nothing(start_uwsgi, tmp_path: Path) -> None:
     assert_isolated(first, second)
     groups = hub_groups(first, second)
     assert len(groups) == 2 and all(g.startswith("examples.chat-") for g in groups), groups
+    remove_history(first, second)
 
 
 def test_one_directory_two_secret_keys_share_nothing(start_uwsgi, tmp_path: Path) -> None:
@@ -106,6 +120,7 @@ def test_one_directory_two_secret_keys_share_nothing(start_uwsgi, tmp_path: Path
     first = start_chat(start_uwsgi, directory, FLASK_SECRET_KEY="staging-key")
     second = start_chat(start_uwsgi, directory, FLASK_SECRET_KEY="production-key")
     assert_isolated(first, second)
+    remove_history(first, second)
 
 
 def test_the_same_explicit_name_shares_rooms(start_uwsgi, tmp_path: Path) -> None:
@@ -117,6 +132,7 @@ def test_the_same_explicit_name_shares_rooms(start_uwsgi, tmp_path: Path) -> Non
     assert next_chat_message(b) == ("alice", "hello from the first")
     a.close()
     b.close()
+    remove_history(first, second)
 
 
 def rooms_server(start_uwsgi, **env: str) -> UwsgiServer:

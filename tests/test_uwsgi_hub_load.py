@@ -14,7 +14,7 @@ import json
 import os
 import signal
 import time
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import psutil
 import pytest
@@ -22,6 +22,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as async_connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.private_hub import private_hub
 from tests.uwsgi_server import UwsgiServer
 
 pytestmark = pytest.mark.uwsgi
@@ -179,9 +180,11 @@ def chat_burst(server: UwsgiServer, clients: int, per_client: int) -> Dict[str, 
 @pytest.mark.parametrize("model", ["gevent", "threads"])
 def test_chat_twenty_clients_talking_at_once_across_four_workers(start_uwsgi, model: str) -> None:
     """The README's multi-worker chat: 20 clients send 5 messages each at the same moment."""
-    server = start(start_uwsgi, "examples.chat:app", model, mode="http")
     clients, per_client = 20, 5
-    result = chat_burst(server, clients, per_client)
+    with private_hub("load-chat") as env:  # the chat's rooms keep history: a fresh one
+        server = start(start_uwsgi, "examples.chat:app", model, mode="http", env=env)
+        result = chat_burst(server, clients, per_client)
+        server.stop()
     assert result["closed"] == {}, "the server closed connections"
     assert result["errors"] == []
     assert result["extra"] == 0
@@ -251,14 +254,23 @@ def worker_of(server: UwsgiServer, ws: ClientConnection) -> int:
     raise AssertionError(f"no worker holds the connection from port {port}")
 
 
-def test_chat_tells_the_sender_when_a_worker_is_stuck_and_keeps_it(start_uwsgi) -> None:
+@pytest.fixture
+def stuck_chat_hub() -> Iterator[Dict[str, str]]:
+    """The chat's hub: a 0.3 s send timeout, and a history of its own (the chat keeps one)."""
+    with private_hub("stuck-chat", send_timeout=0.3) as env:
+        yield env
+
+
+def test_chat_tells_the_sender_when_a_worker_is_stuck_and_keeps_it(
+    stuck_chat_hub: Dict[str, str], start_uwsgi
+) -> None:
     """A worker stopped (SIGSTOP) past send_timeout: the sender gets an error, stays connected."""
     server = start_uwsgi(
         "examples.chat:app",
         processes=2,
         gevent=100,
         extra=["--gevent-early-monkey-patch"],
-        env={"FLASK_WEBSOCKET_HUB_OPTIONS": json.dumps({"send_timeout": 0.3})},
+        env=stuck_chat_hub,
     )
     text = "x" * 1900
 

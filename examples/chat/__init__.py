@@ -1,4 +1,4 @@
-"""A chat with rooms: a web page, nicknames, presence, join and leave notices.
+"""A chat with rooms: a web page, nicknames, presence, join and leave notices, history.
 
 Run it::
 
@@ -13,7 +13,9 @@ or with uWSGI directly::
 then open http://127.0.0.1:8080/ (``/?room=name`` picks a room; "lobby" by
 default).
 
-The page connects to ``/ws/<room>?nick=<nickname>``. Everything on the wire
+The page uses the extension's JavaScript client (``/_websocket/client.js``)
+to connect to ``/ws/<room>?nick=<nickname>``: it speaks ``fws.v1``, so it
+reconnects by itself and gives back where it was. Every message of the app
 is a JSON text message (one object with a ``type``):
 
 ====================================================  =================================
@@ -25,21 +27,40 @@ page → server
                                                       newcomer who is already here
 ====================================================  =================================
 
-====================================================  =================================
+==============================================================  =========================
 server → page
-====================================================  =================================
-``{"type": "welcome", "id", "nick", "room"}``         first message: who you are
-``{"type": "join", "id", "nick", "room"}``            someone entered the room
-``{"type": "present", "id", "nick", "room"}``         someone already here (an answer
-                                                      to your ``join``)
-``{"type": "leave", "id", "nick", "room"}``           someone left
-``{"type": "message", "id", "from", "text", "room"}`` a message, sender's own included
-``{"type": "error", "text"}``                         your last message was refused
-====================================================  =================================
+==============================================================  =========================
+``{"type": "welcome", "id", "nick", "room"}``                   first message of each
+                                                                connection: who you are
+``{"type": "join", "id", "nick", "room"}``                      someone entered the room
+``{"type": "present", "id", "nick", "room"}``                   someone already here (an
+                                                                answer to your ``join``)
+``{"type": "leave", "id", "nick", "room"}``                     someone left
+``{"type": "message", "id", "from", "text", "room", "time"}``   a message, sender's own
+                                                                included (``time``: ms
+                                                                since 1970)
+``{"type": "error", "text"}``                                   your last message was
+                                                                refused
+==============================================================  =========================
+
+History: the room's messages are a stream. They are broadcast to the hub
+room ``chat:<room>``, which keeps its last 100 messages for an hour
+(``WEBSOCKET_HISTORY``), each with a position. A page that joins gets those
+first (the room's recent conversation); a page that comes back after a
+drop, a reload of the server or a killed worker gives its last position and
+gets exactly what it missed, once, in order, before anything newer.
+
+Presence is not history: ``join``, ``present`` and ``leave`` describe who
+is connected *now*, and replayed later they would be false (a member who
+left an hour ago would be listed, and each page would answer ``here`` to
+connections long gone). So they go to a second hub room without history,
+``who:<room>``, and ``welcome`` and ``present`` to one connection
+(``ws.send``, ``websocket.send_to``). A page that reconnects is a new
+connection: it is welcomed again and rebuilds its member list the same way.
 
 Presence across workers: every nickname is attached by the server, never
 taken from the page, and travels in broadcasts (``websocket.broadcast(...,
-room=room)``) and direct sends (``websocket.send_to(id, ...)``), which reach
+room=...)``) and direct sends (``websocket.send_to(id, ...)``), which reach
 connections in every uWSGI worker. A worker only knows the nicknames of its
 own connections, so the page keeps the member list: it adds whoever
 ``join``\\s after it, and answers each ``join`` with ``here`` so that the
@@ -47,36 +68,44 @@ newcomer's page learns who was there before it (the answering worker sends a
 ``present`` carrying its own connection's nickname). Because each connection
 joins the room before it announces itself, any two members learn of each
 other, whichever joined first. Invalid nicknames and room names close the
-connection with 1008 (policy violation) and a reason the page shows.
+connection with 1008 (policy violation) and a reason the page shows; the
+client does not reconnect after that.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 import unicodedata
 from typing import Any, Dict, Optional
 
 from flask import Flask, Response, render_template, request
 
 from flask_websocket import CloseCode, WebSocket, WebSocketConnection
+from flask_websocket.history import Position
 from flask_websocket.hubs import HubError
+from flask_websocket.wire import SINCE_PARAMETER, parse_since
 
 __all__ = [
     "DEFAULT_ROOM",
+    "HISTORY_SIZE",
+    "HISTORY_TTL",
     "MAX_MESSAGE_LENGTH",
     "MAX_NICK_LENGTH",
     "MAX_ROOM_LENGTH",
     "app",
     "nick_problem",
+    "presence_room",
     "room_problem",
+    "stream_room",
     "websocket",
 ]
 
 #: Longest nickname, in characters.
 MAX_NICK_LENGTH = 32
-#: Longest room name, in characters (48 characters of 4-byte UTF-8 still fit
-#: the 200-byte limit on room names of Flask-WebSocket's hubs).
+#: Longest room name, in characters (48 characters of 4-byte UTF-8 with the
+#: 5-byte prefix of its hub rooms still fit the hubs' 200-byte limit).
 MAX_ROOM_LENGTH = 48
 #: Longest chat message, in characters.
 MAX_MESSAGE_LENGTH = 2000
@@ -88,15 +117,35 @@ DEFAULT_ROOM = "lobby"
 MAX_FRAME_SIZE = 16 * 1024
 #: Longest connection id a ``here`` may name (ids are ``<node>.<n>``, short).
 _MAX_ID_LENGTH = 64
+#: Messages a room's history keeps: a page that joins shows them.
+HISTORY_SIZE = 100
+#: Seconds a message stays in its room's history.
+HISTORY_TTL = 3600
+#: Where a page that gives no position starts: the start of the room's
+#: stream (an empty epoch), so that it gets what the history holds.
+_FROM_THE_START = Position("", 0)
 
 logger = logging.getLogger(__name__)
 
 app = Flask(__name__)
+# The rooms' messages (hub rooms chat:<room>) keep a history; presence
+# (who:<room>) does not: see the module's docstring.
+app.config["WEBSOCKET_HISTORY"] = {"chat:*": {"size": HISTORY_SIZE, "ttl": HISTORY_TTL}}
 # Configuration from FLASK_* environment variables, JSON-decoded where they
 # parse (Flask's from_prefixed_env): FLASK_SECRET_KEY, FLASK_WEBSOCKET_HUB_URL,
 # FLASK_WEBSOCKET_HUB_OPTIONS='{"name": "chat"}', FLASK_WEBSOCKET_ALLOWED_ORIGINS...
 app.config.from_prefixed_env()
 websocket = WebSocket(app)
+
+
+def stream_room(room: str) -> str:
+    """The hub room of ``room``'s messages: it keeps a history."""
+    return f"chat:{room}"
+
+
+def presence_room(room: str) -> str:
+    """The hub room of ``room``'s presence notices: no history."""
+    return f"who:{room}"
 
 
 # -- validation -------------------------------------------------------------
@@ -216,8 +265,11 @@ def _handle(ws: WebSocketConnection, raw: Any, nick: str, room: str) -> None:
         elif len(text) > MAX_MESSAGE_LENGTH:
             _error(ws, f"message too long: at most {MAX_MESSAGE_LENGTH} characters")
         else:  # to everyone in the room, the sender too: its page shows it on arrival
-            message = {"type": "message", "id": ws.id, "from": nick, "room": room, "text": text}
-            if not _broadcast(_dump(**message), room):
+            message = _dump(
+                type="message", id=ws.id, text=text, room=room, time=int(time.time() * 1000),
+                **{"from": nick},
+            )  # fmt: skip
+            if not _broadcast(message, stream_room(room)):
                 _error(ws, "the server is busy: your last message may not have reached everyone")
     elif kind == "here":
         target = data.get("to")
@@ -231,6 +283,18 @@ def _handle(ws: WebSocketConnection, raw: Any, nick: str, room: str) -> None:
         _error(ws, f"unknown message type {kind[:40]!r}")
 
 
+def _join_stream(ws: WebSocketConnection, room: str) -> None:
+    """Join ``room``'s messages: what this page missed, or the room's last messages.
+
+    A page that comes back gives its position in the room's stream
+    (``fws_since``) and gets every message after it; a page that gives none
+    gets what the history holds.
+    """
+    stream = stream_room(room)
+    since = parse_since(request.args.getlist(SINCE_PARAMETER)).get(stream)
+    ws.join(stream, since if since is not None else _FROM_THE_START)
+
+
 @websocket.route("/ws/<room>", max_message_size=MAX_FRAME_SIZE)
 def chat(ws: WebSocketConnection, room: str) -> None:
     """One member of ``room``: relay its messages, announce its coming and going."""
@@ -239,15 +303,17 @@ def chat(ws: WebSocketConnection, room: str) -> None:
     if problem is not None:
         ws.close(CloseCode.POLICY_VIOLATION, problem)
         return
-    ws.join(room)  # before announcing: see the module's docstring
     me = ws.id
-    ws.send(_dump(type="welcome", id=me, nick=nick, room=room))
-    _broadcast(_dump(type="join", id=me, nick=nick, room=room), room, skip=ws)
+    ws.send(_dump(type="welcome", id=me, nick=nick, room=room))  # first, always
+    who = presence_room(room)
+    ws.join(who)  # before announcing: see the module's docstring
+    _broadcast(_dump(type="join", id=me, nick=nick, room=room), who, skip=ws)
     try:
+        _join_stream(ws, room)  # then the room's last messages, or what this page missed
         for raw in ws:
             _handle(ws, raw, nick, room)
     finally:
         # However the connection ended (the page left, the network failed,
         # the worker is stopping), tell the others; not this connection,
         # which may still be in the room until the extension tears it down.
-        _broadcast(_dump(type="leave", id=me, nick=nick, room=room), room, skip=ws)
+        _broadcast(_dump(type="leave", id=me, nick=nick, room=room), who, skip=ws)

@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 __all__ = [
     "executor",
     "start_thread",
+    "system_lock",
     "thread_condition",
     "thread_event",
     "thread_lock",
@@ -49,6 +50,22 @@ def start_thread(function: Callable[..., Any], *args: Any, name: str) -> Any:
 
 def thread_lock() -> Any:
     """A lock for state shared with those threads (hold it briefly, never across I/O)."""
+    return threading.Lock()
+
+
+def system_lock() -> Any:
+    """A lock of the operating system, even where gevent patched :mod:`threading`.
+
+    For state that system threads share (``Backend.run_in_thread``: SQLite's
+    calls): a cooperative lock that two of them want at once hangs them,
+    since neither runs the gevent hub that would wake it. Hold it briefly.
+    """
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return threading.Lock()
+    if monkey.is_module_patched("threading"):
+        return monkey.get_original("_thread", "allocate_lock")()
     return threading.Lock()
 
 

@@ -1,4 +1,11 @@
-// The chat page: one WebSocket to /ws/<room>?nick=<nickname>, JSON messages.
+// The chat page: Flask-WebSocket's client (FlaskWebSocket, /_websocket/client.js)
+// to /ws/<room>?nick=<nickname>, JSON messages.
+//
+// The client reconnects by itself after a drop, a server reload or a killed
+// worker, and resumes the room's messages where this page was: the page shows
+// "reconnecting…" meanwhile, then every message it missed, once, in order. A
+// reconnection is a new connection: the server welcomes it again, and the
+// member list is rebuilt.
 //
 // User data (nicknames, messages, room names) only ever reaches the page as
 // textContent, never as HTML.
@@ -15,12 +22,13 @@
 
   /** State of the current visit to a room. */
   const state = {
-    ws: null,
-    me: null, // our connection id, from the welcome message
+    client: null, // the FlaskWebSocket
+    me: null, // our connection id, from the latest welcome
+    mine: new Set(), // every connection id this visit had: our messages
     nick: "",
     room: "",
     members: new Map(), // connection id -> nickname
-    welcomed: false,
+    welcomed: false, // welcomed at least once in this visit
   };
 
   // -- validation (the server checks the same rules) -------------------------
@@ -37,8 +45,9 @@
 
   // -- rendering --------------------------------------------------------------
 
-  function timeNow() {
-    return new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  function timeOf(milliseconds) {
+    const when = Number.isFinite(milliseconds) ? new Date(milliseconds) : new Date();
+    return when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   }
 
   function atBottom(list) {
@@ -59,11 +68,11 @@
     return element;
   }
 
-  function addMessage(from, text, mine) {
+  function addMessage(from, text, mine, time) {
     const item = document.createElement("li");
     item.className = mine ? "message mine" : "message";
     item.dataset.type = "message";
-    item.append(span("time", timeNow()), span("from", from), span("text", text));
+    item.append(span("time", timeOf(time)), span("from", from), span("text", text));
     append(item);
   }
 
@@ -71,7 +80,7 @@
     const item = document.createElement("li");
     item.className = `notice notice-${kind}`;
     item.dataset.type = kind;
-    item.append(span("time", timeNow()), span("text", text));
+    item.append(span("time", timeOf()), span("text", text));
     append(item);
   }
 
@@ -98,6 +107,7 @@
     const status = $("status");
     status.textContent = text;
     status.className = `status ${online ? "status-online" : "status-offline"}`;
+    $("chat").classList.toggle("offline", !online); // the member list may be stale
   }
 
   function showJoin(error) {
@@ -120,24 +130,22 @@
   // -- the connection --------------------------------------------------------
 
   function send(data) {
-    if (state.ws && state.ws.readyState === WebSocket.OPEN) {
-      state.ws.send(JSON.stringify(data));
-      return true;
-    }
-    return false;
+    return state.client !== null && state.client.send(JSON.stringify(data));
   }
 
   const handlers = {
     welcome(data) {
+      // Each connection is welcomed first: the first of this visit, and each
+      // one the client made after a drop.
       state.me = data.id;
-      state.welcomed = true;
-      state.members.clear();
+      state.mine.add(data.id);
       state.members.set(data.id, data.nick);
       $("chat").dataset.connectionId = data.id;
-      $("messages").replaceChildren();
-      showChat();
-      setStatus("connected", true);
-      addNotice(`You joined #${data.room} as ${data.nick}.`, "join");
+      if (!state.welcomed) {
+        showChat();
+        addNotice(`You joined #${data.room} as ${data.nick}.`, "join");
+      }
+      state.welcomed = true;
       renderMembers();
     },
     join(data) {
@@ -159,7 +167,9 @@
       addNotice(`${data.nick} left.`, "leave");
     },
     message(data) {
-      addMessage(data.from, data.text, data.id === state.me);
+      // The room's recent messages on joining, what we missed after a drop,
+      // then live ones: the client gives each once, in order.
+      addMessage(data.from, data.text, state.mine.has(data.id), data.time);
     },
     error(data) {
       addNotice(data.text, "error");
@@ -170,31 +180,53 @@
     state.nick = nick;
     state.room = room;
     state.me = null;
+    state.mine.clear();
     state.welcomed = false;
     state.members.clear();
-    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const url =
-      `${scheme}//${location.host}/ws/${encodeURIComponent(room)}` +
-      `?nick=${encodeURIComponent(nick)}`;
+    $("messages").replaceChildren();
     setStatus("connecting…", false);
     $("room-title").textContent = `#${room}`;
     document.title = `#${room} · Chat`;
-    const ws = new WebSocket(url);
-    state.ws = ws;
-    ws.onmessage = (event) => {
-      if (ws !== state.ws) return;
+    const client = new FlaskWebSocket(
+      `/ws/${encodeURIComponent(room)}?nick=${encodeURIComponent(nick)}`,
+    );
+    state.client = client;
+    client.onstatechange = (now, detail) => {
+      if (client !== state.client) return;
+      if (now === "open") {
+        // A new connection: the member list starts over (the others answer
+        // its join), and what it missed follows.
+        setStatus("connected", true);
+        state.members.clear();
+        renderMembers();
+        if (state.welcomed) addNotice("Reconnected.", "info");
+      } else if (now === "reconnecting" && $("status").textContent !== "reconnecting…") {
+        setStatus("reconnecting…", false);
+        $("status").dataset.closeCode = String(detail.code); // why it dropped
+      }
+    };
+    client.onmessage = (raw) => {
+      if (client !== state.client) return;
       let data;
       try {
-        data = JSON.parse(event.data);
+        data = JSON.parse(raw);
       } catch {
         return;
       }
       const handler = data && handlers[data.type];
       if (handler) handler(data);
     };
-    ws.onclose = (event) => {
-      if (ws !== state.ws) return;
-      state.ws = null;
+    client.onrecoveryincomplete = () => {
+      if (client !== state.client) return;
+      // History no longer reaches back to where we were (or the server lost
+      // it): what it still holds follows.
+      addNotice("Some messages may be missing here: the room's history no longer "
+        + "reaches back that far.", "error");
+    };
+    client.onclose = (event) => {
+      // Closed for good: we left, or the server refused us (1008).
+      if (client !== state.client) return;
+      state.client = null;
       setStatus("not connected", false);
       const wasIn = state.welcomed;
       state.welcomed = false;
@@ -250,7 +282,7 @@
   });
 
   $("leave").addEventListener("click", () => {
-    if (state.ws) state.ws.close(1000, "left the room");
+    if (state.client) state.client.close(1000, "left the room");
   });
 
   try {
