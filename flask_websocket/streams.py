@@ -142,13 +142,23 @@ class Streams:
             return
         self._drain(room, stream)
 
-    def _lost(self, room: str, stream: RoomStream, epoch: str, last: int, why: str) -> None:
+    def _lost(
+        self,
+        room: str,
+        stream: RoomStream,
+        epoch: str,
+        last: int,
+        why: str,
+        besides: Optional[WebSocketConnection] = None,
+    ) -> None:
         """Messages of ``room`` cannot reach its members here: close them, go on from ``last``.
 
         They come back with their positions, and the join's answer tells
-        them (``recovered`` false) that they missed something.
+        them (``recovered`` false) that they missed something. ``besides``
+        is a member catching up from the store right now: it is told by its
+        join's answer.
         """
-        members = list(self._members_of(room))
+        members = [c for c in self._members_of(room) if c is not besides]
         logger.warning(
             "room %r: messages after offset %d of stream %s did not reach this process and "
             "cannot be recovered (%s); its %d members here are closed with %d to resume",
@@ -284,9 +294,16 @@ class Streams:
         elif stream.epoch != recovery.epoch:
             early = [e for e in stream.pending.values() if e.epoch == recovery.epoch]
             self._cancel_gap(stream)
-            if not stream.epoch and self._live_members(room, stream, connection):
-                # Members here joined before the room had a stream: all of the
-                # one that started is new to them (the store fills the gap).
+            live = self._live_members(room, stream, connection)
+            if live and stream.epoch and (stream.unsure or stream.pending):
+                # The store lost the stream the members here are in, and they
+                # may have missed messages of it: tell them.
+                self._lost(room, stream, recovery.epoch, recovery.offset, "its stream changed",
+                           besides=connection)  # fmt: skip
+            elif live:
+                # Members here joined before the room had a stream, or saw all of
+                # the one that expired: all of the new one is new to them (the
+                # store fills the gap).
                 stream.epoch, stream.last = recovery.epoch, 0
             else:
                 # New here (or the store started a new stream): the store's position

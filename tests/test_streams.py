@@ -45,6 +45,8 @@ class Room:
 
     @staticmethod
     def offer(member: Member, frame: bytes) -> bool:  # type: ignore[override]
+        if member.closed is not None:  # as a connection that started closing
+            return False
         member.frames.append(frame)
         return True
 
@@ -161,3 +163,18 @@ def test_streams_made_during_a_break_are_checked_too() -> None:
     assert room.streams.to_check() == [(ROOM, 2)]
     room.streams.checked(ROOM, "E", 3, [entry(3, "three")])
     assert member.got() == ["three"]
+
+
+def test_a_join_that_finds_another_stream_after_a_break_tells_the_members_here() -> None:
+    """Found by the 200-client test: the join switched the stream, the others went on."""
+    room = Room()
+    stayed, back = Member("stayed"), Member("back")
+    room.join(stayed)
+    room.caught_up(stayed, Recovery(True, "E", 3))
+    room.streams.subscription_lost()  # Redis restarts empty
+    room.join(back)
+    room.caught_up(back, Recovery(False, "E2", 1, (entry(1, "one"),)))
+    room.streams.deliver(message("E2", 2, "two"))
+    assert stayed.closed is not None and stayed.closed[0] == LOST_CODE
+    assert stayed.got() == []
+    assert back.closed is None and back.got() == ["one", "two"]

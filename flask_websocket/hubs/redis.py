@@ -19,7 +19,12 @@ Delivery is at most once. While Redis is unreachable, ``publish`` raises
 messages for this process published meanwhile are lost: the listener
 reconnects with capped exponential backoff (0.1 s doubling to 5 s, with
 jitter) and subscribes again to every channel it needs. One WARNING is logged
-per outage, one INFO when Redis is back.
+when the connection is lost and one when Redis is back (with the outage's
+length and the rooms without history that may have lost messages), per
+outage. Rooms with history lose nothing silently: once every channel is
+confirmed again, the hub reads their streams from the last message
+delivered here (:meth:`~.base.Hub._check_streams`); members whose messages
+Redis no longer has are closed with 1012, to resume and be told.
 
 Presence lives in Redis too::
 
