@@ -202,6 +202,11 @@ class Streams:
                 return
             stream.epoch, stream.last = epoch, 0  # all of the new stream is new to them
             stream.pending = {o: e for o, e in stream.pending.items() if e.epoch == epoch}
+        if epoch == stream.epoch and last < stream.last:
+            # Same stream, fewer messages: Redis came back from an older
+            # snapshot (RDB), and will give the offsets after ``last`` again.
+            self._lost(room, stream, epoch, last, "the store went back to an older snapshot")
+            return
         stream.unsure = False
         self.deliver_entries(room, epoch, entries, last)
 

@@ -178,3 +178,20 @@ def test_a_join_that_finds_another_stream_after_a_break_tells_the_members_here()
     assert stayed.closed is not None and stayed.closed[0] == LOST_CODE
     assert stayed.got() == []
     assert back.closed is None and back.got() == ["one", "two"]
+
+
+def test_members_are_closed_when_the_store_came_back_from_an_older_snapshot() -> None:
+    """Same epoch, fewer messages (an RDB snapshot): the offsets after it come again."""
+    room = Room()
+    member = Member("m")
+    room.join(member)
+    room.caught_up(member, Recovery(True, "E", 10))
+    room.streams.subscription_lost()
+    room.streams.to_check()
+    room.streams.checked(ROOM, "E", 7, [])
+    assert member.closed is not None and member.closed[0] == LOST_CODE
+    newcomer = Member("new")
+    room.join(newcomer)
+    room.caught_up(newcomer, Recovery(True, "E", 7))
+    room.streams.deliver(message("E", 8, "eight, again"))
+    assert newcomer.got() == ["eight, again"]

@@ -390,7 +390,9 @@ def check_restart(
         f"{sum(len(c.joins) for c in clients)} joins, "
         f"{sum(1 for c in clients for code in c.closes if code == 1012)} closes with 1012, "
         f"{sum(len(p.naks) for p in publishers)} broadcasts refused (HubError), "
-        f"slowest {max((e for p in publishers for e, _ in p.naks), default=0):.3f} s"
+        f"slowest {max((e for p in publishers for e, _ in p.naks), default=0):.3f} s, "
+        f"{sum(len(e) - len({t for _, t in e}) for _, e in history.values())} texts stored "
+        "twice (published again after a HubError whose append had gone through)"
     )
     problems = [f"{c.room}: {p}" for c in clients for p in c.problems]
     assert problems == []
@@ -399,6 +401,9 @@ def check_restart(
         assert {kind for _, kind in publisher.naks} <= {"HubError"}
         assert all(elapsed < 6.0 for elapsed, _ in publisher.naks)  # socket_timeout: 5 s
     assert any(p.naks for p in publishers)  # the outage was seen
+    if persistence:  # every message published is in its room's stream
+        for publisher in publishers:
+            assert {text for _, text in history[publisher.room][1]} == set(publisher.texts)
     for client in clients:
         stream = history[client.room]
         epoch, entries = stream

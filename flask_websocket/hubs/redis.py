@@ -405,8 +405,13 @@ class RedisHub(Hub):
         self._threads: List[Any] = []
         self._running = False
         #: Guards the state below, shared by the loop and the hub's threads.
-        #: Held briefly, never across Redis I/O.
-        self._lock: Any = blocking.thread_lock()
+        #: Held briefly, never across Redis I/O nor anything that may switch.
+        #: The operating system's lock even where gevent patched threading:
+        #: a leave torn down in the event loop takes it, and a gevent lock
+        #: with waiters queued (joins woken in _wait_confirmed) would make
+        #: the loop wait: BlockingSwitchOutError, seen when a Redis restart
+        #: closed many members while others joined.
+        self._lock: Any = blocking.system_lock()
         self._changed = blocking.thread_condition(self._lock)  # confirmations, outages
         self._subscribing: Any = blocking.thread_lock()  # one subscription change at a time
         self._presence_lock: Any = blocking.thread_lock()  # one presence flush at a time
