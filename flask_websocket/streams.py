@@ -16,11 +16,12 @@ message it missed, and what waited, in order, each once.
 When the way messages reach this process broke (the redis hub lost its
 subscription), every stream is *unsure* until the hub has read it from the
 store again: what was published meanwhile is delivered then, in order, even
-if nothing is published after it. What cannot be delivered (the store lost
-the stream, or no longer holds what is missing) is never skipped silently:
-the room's members here are closed with 1012 (:data:`LOST_CODE`), so that
-they come back with their positions and are told, by the join's answer,
-that recovery was not complete.
+if nothing is published after it. When the store lost the stream (another
+epoch, or none) the members could not tell from what they get: the room's
+members here are closed with 1012 (:data:`LOST_CODE`), so that they come
+back with their positions and are told, by the join's answer, that
+recovery was not complete. (Messages trimmed from a history that holds
+later ones are skipped: ``fws.v1`` clients see the jump in offsets.)
 """
 
 from __future__ import annotations
@@ -135,10 +136,20 @@ class Streams:
                 stream.pending[entry.offset] = Envelope(
                     1, entry.opcode, entry.payload, room, epoch=epoch, offset=entry.offset
                 )
-        missing = stream.pending and min(stream.pending) > stream.last + 1
-        if missing or (last is not None and last > stream.last and not stream.pending):
-            # The store no longer has what is missing.
-            self._lost(room, stream, epoch, max([last or 0, *stream.pending]), "history is trimmed")
+        if stream.pending and min(stream.pending) > stream.last + 1:
+            # The store no longer has what is missing (trimmed): go on from what
+            # it has. fws.v1 clients see the jump in offsets (the JavaScript
+            # client's "recoveryincomplete", reason "gap").
+            logger.warning(
+                "room %r: messages %d to %d are gone from its history; skipped",
+                room,
+                stream.last + 1,
+                min(stream.pending) - 1,
+            )
+            stream.last = min(stream.pending) - 1
+        elif last is not None and last > stream.last and not stream.pending:
+            # Gone too, and nothing after them would show the jump: say so.
+            self._lost(room, stream, epoch, last, "history is trimmed")
             return
         self._drain(room, stream)
 
