@@ -118,6 +118,10 @@ class RoomRegistry:
         if hub is None or limits is None:
             return None
         recovery = hub.recover(room, since, limits)  # reads the store: may wait
+        if not recovery.epoch and self.streams.started_meanwhile(connection, room):
+            # The room's first message was published while the store was read:
+            # once more, so that the answer has its epoch (the stream exists now).
+            recovery = hub.recover(room, since, limits)
         try:
             for frame in self.streams.caught_up(connection, room, recovery):
                 connection.send_frame(frame)

@@ -12,13 +12,23 @@ reconnection) is filled from the store.
 A member that joins with a position catches up first: live messages for it
 wait while the hub reads the store, then it gets the join's answer, every
 message it missed, and what waited, in order, each once.
+
+When the way messages reach this process broke (the redis hub lost its
+subscription), every stream is *unsure* until the hub has read it from the
+store again: what was published meanwhile is delivered then, in order, even
+if nothing is published after it. When the store lost the stream (another
+epoch, or none) the members could not tell from what they get: the room's
+members here are closed with 1012 (:data:`LOST_CODE`), so that they come
+back with their positions and are told, by the join's answer, that
+recovery was not complete. (Messages trimmed from a history that holds
+later ones are skipped: ``fws.v1`` clients see the jump in offsets.)
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set, Tuple
 
 from .history import Entry, Position, Recovery
 from .hubs.base import Envelope
@@ -29,12 +39,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from .concurrency.base import Backend, Timer
     from .connection import WebSocketConnection
 
-__all__ = ["GAP_WAIT", "RoomStream", "Streams"]
+__all__ = ["GAP_WAIT", "LOST_CODE", "LOST_REASON", "RoomStream", "Streams"]
 
 logger = logging.getLogger("flask_websocket.rooms")
 
 #: Seconds a gap in a room's offsets may last before it is filled from the store.
 GAP_WAIT = 0.5
+#: The close code of members whose messages this process cannot deliver
+#: (1012, "service restart": clients reconnect at once, with their positions).
+LOST_CODE = 1012
+LOST_REASON = "history lost: resume"
 
 
 @dataclass
@@ -51,6 +65,9 @@ class RoomStream:
     #: Members that caught up past ``last`` (they read the store): the offset
     #: each has, so that a late message it got from the store is not sent twice.
     floor: Dict[WebSocketConnection, int] = field(default_factory=dict)
+    #: Messages may have been lost on their way here (the hub's subscription
+    #: broke or came late): the hub reads the store again (:meth:`Streams.checked`).
+    unsure: bool = False
 
 
 class Streams:
@@ -67,6 +84,9 @@ class Streams:
         #: Set by the hub: reads the entries after an offset (a task that may wait).
         self.fill_gap: Optional[Callable[[str, int], None]] = None
         self.backend: Optional[Backend] = None
+        #: False from a break in the hub's subscription until the hub checks
+        #: the streams again: streams made meanwhile are unsure too.
+        self.listening = True
 
     # -- live messages -----------------------------------------------------------
 
@@ -82,12 +102,12 @@ class Streams:
                 return
             stream.epoch = envelope.epoch  # the store had no stream: this one is its first
         elif envelope.epoch != stream.epoch:  # the store lost the stream: a new one starts
-            logger.warning(
-                "the history of room %r was lost (epoch %s, now %s); members are told",
-                room,
-                stream.epoch,
-                envelope.epoch,
-            )
+            if stream.unsure or stream.pending or envelope.offset != 1:
+                # Messages of either stream were lost on their way here.
+                self._lost(room, stream, envelope.epoch, envelope.offset, "its stream changed")
+                return
+            # Nothing was missed (the room expired while idle: its ttl).
+            logger.info("room %r: a new stream starts (epoch %s)", room, envelope.epoch)
             self._cancel_gap(stream)
             stream.epoch, stream.last, stream.pending = envelope.epoch, envelope.offset - 1, {}
         if envelope.offset <= stream.last or envelope.offset in stream.pending:
@@ -95,10 +115,21 @@ class Streams:
         stream.pending[envelope.offset] = envelope
         self._drain(room, stream)
 
-    def deliver_entries(self, room: str, epoch: str, entries: List[Entry]) -> None:
-        """Entries read from the store to fill a gap: deliver those still missing, in order."""
+    def deliver_entries(
+        self, room: str, epoch: str, entries: List[Entry], last: Optional[int] = None
+    ) -> None:
+        """Entries read from the store (after a gap, or a check): deliver those missing, in order.
+
+        ``epoch`` and ``last`` are the store's stream and last offset when
+        it was read. When the store no longer has what this process missed
+        (another stream, or trimmed), the room's members are closed with
+        :data:`LOST_CODE`.
+        """
         stream = self.rooms.get(room)
-        if stream is None or stream.epoch != epoch:
+        if stream is None or not stream.epoch:
+            return
+        if epoch != stream.epoch:
+            self._lost(room, stream, epoch, last or 0, "its stream changed")
             return
         for entry in entries:
             if entry.offset > stream.last and entry.offset not in stream.pending:
@@ -106,7 +137,9 @@ class Streams:
                     1, entry.opcode, entry.payload, room, epoch=epoch, offset=entry.offset
                 )
         if stream.pending and min(stream.pending) > stream.last + 1:
-            # The store no longer has what is missing: go on from what it has.
+            # The store no longer has what is missing (trimmed): go on from what
+            # it has. fws.v1 clients see the jump in offsets (the JavaScript
+            # client's "recoveryincomplete", reason "gap").
             logger.warning(
                 "room %r: messages %d to %d are gone from its history; skipped",
                 room,
@@ -114,7 +147,91 @@ class Streams:
                 min(stream.pending) - 1,
             )
             stream.last = min(stream.pending) - 1
+        elif last is not None and last > stream.last and not stream.pending:
+            # Gone too, and nothing after them would show the jump: say so.
+            self._lost(room, stream, epoch, last, "history is trimmed")
+            return
         self._drain(room, stream)
+
+    def _lost(
+        self,
+        room: str,
+        stream: RoomStream,
+        epoch: str,
+        last: int,
+        why: str,
+        besides: Optional[WebSocketConnection] = None,
+    ) -> None:
+        """Messages of ``room`` cannot reach its members here: close them, go on from ``last``.
+
+        They come back with their positions, and the join's answer tells
+        them (``recovered`` false) that they missed something. ``besides``
+        is a member catching up from the store right now: it is told by its
+        join's answer.
+        """
+        members = [c for c in self._members_of(room) if c is not besides]
+        logger.warning(
+            "room %r: messages after offset %d of stream %s did not reach this process and "
+            "cannot be recovered (%s); its %d members here are closed with %d to resume",
+            room, stream.last, stream.epoch or "(none)", why, len(members), LOST_CODE,
+        )  # fmt: skip
+        self._cancel_gap(stream)
+        stream.epoch, stream.last, stream.pending, stream.unsure = epoch, last, {}, False
+        stream.floor.clear()
+        for connection in members:
+            connection.close_nowait(LOST_CODE, LOST_REASON)
+
+    # -- after a break in the hub's subscription -----------------------------------
+
+    def subscription_lost(self) -> None:
+        """The hub stopped hearing the other processes: every stream is unsure from now."""
+        self.listening = False
+        for stream in self.rooms.values():
+            stream.unsure = True
+
+    def mark_unsure(self, room: str) -> None:
+        """Messages of ``room`` may have been missed (its subscription came late)."""
+        stream = self.rooms.get(room)
+        if stream is not None:
+            stream.unsure = True
+
+    def to_check(self) -> List[Tuple[str, int]]:
+        """The hub hears the others again: ``(room, last offset)`` of each stream to read again."""
+        self.listening = True
+        return [(room, stream.last) for room, stream in self.rooms.items() if stream.unsure]
+
+    def checked(self, room: str, epoch: str, last: int, entries: List[Entry]) -> None:
+        """The store's stream of an unsure room (read after :meth:`to_check`): catch up with it."""
+        stream = self.rooms.get(room)
+        if stream is None or not stream.unsure:
+            return
+        if not stream.epoch:  # the room had no stream when its members joined
+            if not epoch or not self._live_members(room, stream):
+                # Nothing published yet; or every member still catching up,
+                # and each one's join places the stream.
+                stream.unsure = False
+                return
+            stream.epoch, stream.last = epoch, 0  # all of the new stream is new to them
+            stream.pending = {o: e for o, e in stream.pending.items() if e.epoch == epoch}
+        if epoch == stream.epoch and last < stream.last:
+            # Same stream, fewer messages: Redis came back from an older
+            # snapshot (RDB), and will give the offsets after ``last`` again.
+            self._lost(room, stream, epoch, last, "the store went back to an older snapshot")
+            return
+        stream.unsure = False
+        self.deliver_entries(room, epoch, entries, last)
+
+    def checked_failed(self, room: str) -> None:
+        """The store could not be read after an outage: what was missed is unknown, so say so."""
+        stream = self.rooms.get(room)
+        if stream is not None and stream.unsure:
+            self._lost(room, stream, stream.epoch, stream.last, "the store could not be read")
+
+    def _live_members(
+        self, room: str, stream: RoomStream, besides: Optional[WebSocketConnection] = None
+    ) -> bool:
+        """Whether members of ``room`` (but ``besides``) get its live messages already."""
+        return any(c not in stream.waiting and c is not besides for c in self._members_of(room))
 
     def _drain(self, room: str, stream: RoomStream) -> None:
         while stream.last + 1 in stream.pending:
@@ -173,7 +290,7 @@ class Streams:
         """
         stream = self.rooms.get(room)
         if stream is None:
-            stream = self.rooms[room] = RoomStream(epoch, last)
+            stream = self.rooms[room] = RoomStream(epoch, last, unsure=not self.listening)
         stream.waiting[connection] = []
 
     def caught_up(
@@ -191,12 +308,24 @@ class Streams:
             if not stream.epoch and stream.pending and not stream.waiting:
                 stream.epoch = next(iter(stream.pending.values())).epoch
         elif stream.epoch != recovery.epoch:
-            # New here (or the store started a new stream): the store's position
-            # is where this process starts; what came early waits in pending.
             early = [e for e in stream.pending.values() if e.epoch == recovery.epoch]
             self._cancel_gap(stream)
-            stream.epoch, stream.last = recovery.epoch, recovery.offset
-            stream.pending = {e.offset: e for e in early if e.offset > recovery.offset}
+            live = self._live_members(room, stream, connection)
+            if live and stream.epoch and (stream.unsure or stream.pending):
+                # The store lost the stream the members here are in, and they
+                # may have missed messages of it: tell them.
+                self._lost(room, stream, recovery.epoch, recovery.offset, "its stream changed",
+                           besides=connection)  # fmt: skip
+            elif live:
+                # Members here joined before the room had a stream, or saw all of
+                # the one that expired: all of the new one is new to them (the
+                # store fills the gap).
+                stream.epoch, stream.last = recovery.epoch, 0
+            else:
+                # New here (or the store started a new stream): the store's position
+                # is where this process starts; what came early waits in pending.
+                stream.epoch, stream.last = recovery.epoch, recovery.offset
+            stream.pending = {e.offset: e for e in early if e.offset > stream.last}
         wire = connection.wire
         frames: List[bytes] = []
         if wire:
@@ -216,6 +345,18 @@ class Streams:
         if has > stream.last:
             stream.floor[connection] = has
         return frames
+
+    def started_meanwhile(self, connection: WebSocketConnection, room: str) -> bool:
+        """Whether ``room``'s stream started while ``connection``'s join read an empty store.
+
+        Its first messages came (or were delivered here) after the read:
+        the join reads the store again, so that its answer has the stream's
+        epoch and nothing is missed or sent twice.
+        """
+        stream = self.rooms.get(room)
+        if stream is None:
+            return False
+        return bool(stream.epoch or stream.pending or stream.waiting.get(connection))
 
     def drain(self, room: str) -> None:
         """Deliver what waits in ``room``'s stream (after a member caught up)."""

@@ -18,18 +18,27 @@ REDIS_SERVER = shutil.which("redis-server")
 
 
 class RedisServer:
-    """One redis-server without persistence on a free 127.0.0.1 port.
+    """One redis-server on a free 127.0.0.1 port, without persistence unless asked.
 
     ``kill()`` then ``start()`` again gives a restarted (empty) server on the
-    same port, as after a crash.
+    same port, as after a crash. With ``persistence``, every write goes to an
+    append-only file (``appendfsync always``) in ``log_dir``: ``stop()`` then
+    ``start()`` (or :meth:`restart`) gives the same data back.
     """
 
-    def __init__(self, *, port: Optional[int] = None, log_dir: Optional[Path] = None) -> None:
+    def __init__(
+        self,
+        *,
+        port: Optional[int] = None,
+        log_dir: Optional[Path] = None,
+        persistence: bool = False,
+    ) -> None:
         if REDIS_SERVER is None:
             raise RuntimeError("redis-server is not on PATH: apt-get install redis-server")
         self.port = port or free_port()
         self.log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
         self.log_path = self.log_dir / f"redis-{self.port}.log"
+        self.persistence = persistence
         self.process: Optional[subprocess.Popen[bytes]] = None
 
     def __repr__(self) -> str:
@@ -52,7 +61,9 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.persistence else "no",
+            "--appendfsync", "always",
+            "--appenddirname", f"appendonly-{self.port}",
             "--daemonize", "no",
             "--dir", str(self.log_dir),
         ]  # fmt: skip
@@ -105,6 +116,12 @@ class RedisServer:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """Stop (SIGTERM: the append-only file is complete), stay down ``down_for`` s, start."""
+        self.stop()
+        time.sleep(down_for)
+        self.start()
 
     def log(self) -> str:
         """Everything redis-server printed so far."""

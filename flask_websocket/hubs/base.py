@@ -99,6 +99,9 @@ class BroadcastTooLarge(WebSocketError, ValueError):
 
 #: An offset past any real one: read a stream's epoch and last offset, no entries.
 _NOTHING = 2**62
+#: Reading a room's stream again after an outage: attempts, and the first wait between them.
+STREAM_CHECK_ATTEMPTS = 8
+STREAM_CHECK_RETRY = 0.2
 
 
 def check_room(room: Any) -> str:
@@ -362,14 +365,46 @@ class Hub(abc.ABC):
 
         def task() -> None:
             try:
-                epoch, _, kept = self._store_call(self.history_store().read, room, after, limits)
+                epoch, last, kept = self._store_call(self.history_store().read, room, after, limits)
             except Exception as exc:  # the store is away: the next gap tries again
                 logger.warning("could not read the history of %r to fill a gap (%s)", room, exc)
                 return
             with self.backend.guarded():
-                self.registry.streams.deliver_entries(room, epoch, kept)
+                self.registry.streams.deliver_entries(room, epoch, kept, last)
 
         self.backend.spawn(task)
+
+    def _check_streams(self) -> None:
+        """In the event loop: this process hears the others again; read each unsure stream.
+
+        What was published into a room with history while the hub could not
+        hear it reaches the room's members here, in order (or they are told
+        it cannot: :meth:`~flask_websocket.streams.Streams.checked`), even if
+        nothing is published after it.
+        """
+        for room, after in self.registry.streams.to_check():
+            limits = self.history.limits_for(room)
+            if limits is not None:
+                self.backend.spawn(self._check_stream, room, after, limits)
+
+    def _check_stream(self, room: str, after: int, limits: Limits) -> None:
+        """A task: read ``room``'s stream after ``after``, retrying while the store fails."""
+        delay = STREAM_CHECK_RETRY
+        for attempt in range(STREAM_CHECK_ATTEMPTS):  # bounded: about 20 s in all
+            try:
+                epoch, last, kept = self._store_call(self.history_store().read, room, after, limits)
+            except Exception as exc:
+                if attempt + 1 == STREAM_CHECK_ATTEMPTS:
+                    logger.warning("could not read the history of %r again (%s)", room, exc)
+                    with self.backend.guarded():  # cannot tell what was missed: say so
+                        self.registry.streams.checked_failed(room)
+                    return
+                self.backend.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            with self.backend.guarded():
+                self.registry.streams.checked(room, epoch, last, kept)
+            return
 
     def members(self, room: str) -> List[str]:
         """Ids of the connections in ``room`` in every process, sorted."""

@@ -19,7 +19,12 @@ Delivery is at most once. While Redis is unreachable, ``publish`` raises
 messages for this process published meanwhile are lost: the listener
 reconnects with capped exponential backoff (0.1 s doubling to 5 s, with
 jitter) and subscribes again to every channel it needs. One WARNING is logged
-per outage, one INFO when Redis is back.
+when the connection is lost and one when Redis is back (with the outage's
+length and the rooms without history that may have lost messages), per
+outage. Rooms with history lose nothing silently: once every channel is
+confirmed again, the hub reads their streams from the last message
+delivered here (:meth:`~.base.Hub._check_streams`); members whose messages
+Redis no longer has are closed with 1012, to resume and be told.
 
 Presence lives in Redis too::
 
@@ -400,8 +405,13 @@ class RedisHub(Hub):
         self._threads: List[Any] = []
         self._running = False
         #: Guards the state below, shared by the loop and the hub's threads.
-        #: Held briefly, never across Redis I/O.
-        self._lock: Any = blocking.thread_lock()
+        #: Held briefly, never across Redis I/O nor anything that may switch.
+        #: The operating system's lock even where gevent patched threading:
+        #: a leave torn down in the event loop takes it, and a gevent lock
+        #: with waiters queued (joins woken in _wait_confirmed) would make
+        #: the loop wait: BlockingSwitchOutError, seen when a Redis restart
+        #: closed many members while others joined.
+        self._lock: Any = blocking.system_lock()
         self._changed = blocking.thread_condition(self._lock)  # confirmations, outages
         self._subscribing: Any = blocking.thread_lock()  # one subscription change at a time
         self._presence_lock: Any = blocking.thread_lock()  # one presence flush at a time
@@ -415,6 +425,9 @@ class RedisHub(Hub):
         self._subscribed: Set[str] = set()
         self._confirmed: Set[str] = set()
         self._connected = False
+        #: Read the rooms' streams again once every channel is confirmed (a
+        #: new connection, or a join whose subscription came late).
+        self._check_wanted = False
         self._ever_connected = False
         self._outage_since: Optional[float] = None
         self._backoff = BACKOFF_MIN
@@ -540,11 +553,24 @@ class RedisHub(Hub):
         if self.backend.in_event_loop():
             self._wake.set()  # the maintainer subscribes
             return
-        self.backend.run_blocking(self._subscribe_and_wait, room)
+        if not self.backend.run_blocking(self._subscribe_and_wait, room) and self._running:
+            # Not confirmed in time (Redis away or slow): messages published
+            # until it is may not reach this process; read them from the
+            # store then. (A join's own catch-up reads the store anyway.)
+            self.registry.streams.mark_unsure(room)
+            self._want_stream_check()
 
-    def _subscribe_and_wait(self, room: str) -> None:
+    def _subscribe_and_wait(self, room: str) -> bool:
         self._sync_subscriptions([room])
-        self._wait_confirmed([channel_room(self.prefix, room)], SUBSCRIBE_WAIT)
+        return self._wait_confirmed([channel_room(self.prefix, room)], SUBSCRIBE_WAIT)
+
+    def _want_stream_check(self) -> None:
+        """Read the unsure streams again once every channel is confirmed (now, if it is)."""
+        with self._lock:
+            check = self._connected and self._confirmed.issuperset(self._subscribed)
+            self._check_wanted = not check
+        if check:
+            self.backend.call_soon_threadsafe(self._check_streams)
 
     def _room_left(self, room: str) -> None:
         with self._lock:
@@ -629,8 +655,11 @@ class RedisHub(Hub):
                 # The listener sees the broken connection too, and resubscribes.
                 logger.debug("redis hub: subscription change failed (%s)", exc)
 
-    def _wait_confirmed(self, channels: List[str], timeout: float) -> None:
-        """Wait until Redis confirmed ``channels``, the connection failed, or ``timeout``."""
+    def _wait_confirmed(self, channels: List[str], timeout: float) -> bool:
+        """Wait until Redis confirmed ``channels``, the connection failed, or ``timeout``.
+
+        Whether Redis confirmed them.
+        """
         deadline = time.monotonic() + timeout
         with self._lock:
             while (
@@ -642,6 +671,7 @@ class RedisHub(Hub):
                 if remaining <= 0:
                     break
                 self._changed.wait(remaining)
+            return self._confirmed.issuperset(channels)
 
     # -- the listener (a thread of the hub) --------------------------------------------
 
@@ -658,6 +688,7 @@ class RedisHub(Hub):
                             break
                         self._pubsub = pubsub
                         self._subscribed, self._confirmed = set(wanted), set()
+                        self._check_wanted = True
                     pubsub.subscribe(*sorted(wanted))
                 self._read(pubsub)
             except Exception as exc:
@@ -674,6 +705,8 @@ class RedisHub(Hub):
                     self._subscribed, self._confirmed = set(), set()
                     self._changed.notify_all()
                 _close_quietly(pubsub)
+                if self._running:  # what is published from now on may never reach us
+                    self.backend.call_soon_threadsafe(self.registry.streams.subscription_lost)
             delay = random.uniform(self._backoff / 2, self._backoff)
             self._backoff = min(self._backoff * 2, BACKOFF_MAX)
             self._stopping.wait(delay)
@@ -717,9 +750,14 @@ class RedisHub(Hub):
                 self._confirmed.add(_text(message["channel"]))
                 first = not self._connected
                 self._connected = True
+                check = self._check_wanted and self._confirmed.issuperset(self._subscribed)
+                if check:
+                    self._check_wanted = False
                 self._changed.notify_all()
             if first:
                 self._connection_made()
+            if check:  # everything published from now on reaches us: read what came before
+                self.backend.call_soon_threadsafe(self._check_streams)
         elif kind == "unsubscribe":
             with self._lock:
                 self._confirmed.discard(_text(message["channel"]))
@@ -740,10 +778,18 @@ class RedisHub(Hub):
         self._resync = True  # Redis may have restarted empty: write presence again
         self._wake.set()  # and apply room changes made while disconnected
         if outage_since is not None:
-            logger.info(
-                "redis hub: Redis at %s is back after %.1f s; listening again",
+            with self._lock:
+                rooms = sorted(self._rooms)
+            plain = [room for room in rooms if self.history.limits_for(room) is None]
+            logger.warning(
+                "redis hub: Redis at %s is back after %.1f s; listening again. What other "
+                "processes broadcast meanwhile to everyone, to connections here, and to the "
+                "%d room(s) without history that have members here is lost; the %d room(s) "
+                "with history are read from their streams",
                 safe_url(self.url),
                 time.monotonic() - outage_since,
+                len(plain),
+                len(rooms) - len(plain),
             )
 
     def _connection_failed(self, exc: BaseException) -> None:
