@@ -391,7 +391,7 @@ def test_send_waits_for_a_connection_or_says_there_is_none() -> None:
     async def nobody() -> None:
         client = ResumingClient("ws://127.0.0.1:9/nothing-listens", min_delay=0.01)
         async with client:
-            with pytest.raises(NotConnected, match="within 0.2 s"):
+            with pytest.raises(NotConnected, match=r"within 0\.2 s"):
                 await client.send("lost", timeout=0.2)
             with pytest.raises(NotConnected, match="no open connection"):
                 await client.send("lost", timeout=0)
