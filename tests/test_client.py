@@ -44,9 +44,7 @@ from tests.uwsgi_server import run_python
 def test_the_backoff_is_full_jitter_below_a_doubling_capped_ceiling(attempt: int) -> None:
     rng = random.Random(attempt)
     ceiling = min(15.0, 0.5 * 2**attempt)
-    delays = [
-        backoff_delay(attempt, min_delay=0.5, max_delay=15.0, rng=rng) for _ in range(2000)
-    ]
+    delays = [backoff_delay(attempt, min_delay=0.5, max_delay=15.0, rng=rng) for _ in range(2000)]
     assert all(0 <= delay <= ceiling for delay in delays)
     # Spread over the whole range, not bunched: what makes a storm of
     # reconnections a trickle.
