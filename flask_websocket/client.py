@@ -6,12 +6,10 @@ asyncio client. It speaks the ``fws.v1`` subprotocol
 (:mod:`flask_websocket.wire`): every message of a room with history comes
 with its position, and after a drop the client gives back the last position
 of every room it had joined (``fws_since=<room>:<epoch>:<offset>``), so that
-the handler's ``ws.join(room)`` replays what it missed, once, in order::
-
-    async with ResumingClient("wss://chat.example.com/ws/lobby") as client:
-        async for message in client:      # Message: .data, .room, .epoch, .offset
-            ...
-        await client.send("hello")
+the handler's ``ws.join(room)`` replays what it missed, once, in order.
+``async with ResumingClient(url) as client:``, then ``async for message in
+client:`` (a :class:`Message`: ``data``, ``room``, ``epoch``, ``offset``)
+and ``await client.send(data)``; docs/client.rst shows a whole program.
 
 What it does, as the browser client does:
 
@@ -487,12 +485,12 @@ class ResumingClient:
 
     @property
     def heartbeat(self) -> float:
-        """The server's heartbeat interval in seconds (the default until it says; 0: none)."""
+        """Seconds between the server's heartbeats (the default until it says; 0 if none)."""
         return self._heartbeat
 
     @property
     def positions(self) -> Dict[str, Position]:
-        """The last position of each room: ``{room: Position(epoch, offset)}``."""
+        """Where each room is, as ``{room: Position(epoch, offset)}`` (its last message)."""
         return {room: Position(s.epoch, s.offset) for room, s in self._streams.items()}
 
     # -- the connection ----------------------------------------------------------------
