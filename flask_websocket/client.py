@@ -20,7 +20,8 @@ What it does, as the browser client does:
   at once, spread over ``restart_delay``; never after the codes of
   ``no_reconnect`` (1000, 1008 by default), nor after a handshake refused
   with 4xx (401, 403, 404...: :class:`~flask_websocket.HandshakeRejected`;
-  429 and 5xx are retried);
+  429 and 5xx are retried), nor after a server certificate that does not
+  verify (:class:`~flask_websocket.ConnectionClosedError`, code 1015);
 - takes a connection that heard nothing (no message, no heartbeat) for
   ``dead_after`` heartbeat intervals for dead, and reconnects;
 - tells the app, in order with the messages, when a room could not be
@@ -46,6 +47,7 @@ import inspect
 import json
 import logging
 import random
+import ssl
 import time
 import urllib.parse
 from collections import deque
@@ -535,6 +537,11 @@ class ResumingClient:
                     self._finish(refused, 1006, f"HTTP {status}")
                     return
                 code, reason = 1006, f"handshake answered HTTP {status}"
+            except ssl.SSLCertVerificationError as exc:  # the same certificate next time
+                error = ConnectionClosedError(1015, f"TLS: {exc.verify_message}")
+                error.__cause__ = exc
+                self._finish(error, 1015, error.reason)
+                return
             except (OSError, asyncio.TimeoutError, InvalidHandshake) as exc:
                 code, reason = 1006, f"{type(exc).__name__}: {exc}"
             else:

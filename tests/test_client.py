@@ -395,3 +395,38 @@ def test_send_waits_for_a_connection_or_says_there_is_none() -> None:
                 await client.send("lost", timeout=0)
 
     asyncio.run(nobody())
+
+
+def test_a_certificate_that_does_not_verify_is_not_retried(tmp_path: Any) -> None:
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    handshakes: List[str] = []
+
+    async def scenario() -> BaseException:
+        async def handler(ws: ServerConnection) -> None:
+            handshakes.append(ws.request.path if ws.request else "")
+
+        async with serve(handler, "127.0.0.1", 0, ssl=context) as listening:
+            port = listening.sockets[0].getsockname()[1]
+            async with ResumingClient(f"wss://127.0.0.1:{port}/", min_delay=0.01) as client:
+                with pytest.raises(ConnectionClosedError) as raised:
+                    await asyncio.wait_for(client.recv(), 20)
+                await asyncio.sleep(0.2)  # no retry comes
+                return raised.value
+
+    error = asyncio.run(scenario())
+    assert error.code == 1015  # type: ignore[attr-defined]
+    assert "self-signed" in str(error) or "self signed" in str(error)
+    assert handshakes == []
