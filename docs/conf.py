@@ -46,6 +46,7 @@ nitpick_ignore_regex = [
     ("py:.*", r"(.*\.)?(H|_T|Handler|StartResponse)"),
     ("py:.*", r"(.*\.)?_[A-Za-z].*"),  # private helpers in signatures
     ("py:.*", r"redis\..*"),
+    ("py:.*", r"websockets\..*"),  # the Python client's connection: no inventory here
     ("py:.*", r"socket\.socket|_socket\.socket"),
 ]
 

@@ -27,6 +27,7 @@ from .exceptions import (
     ConnectionClosedError,
     ConnectionClosedOK,
     HandshakeRejected,
+    NotConnected,
     SendQueueFull,
     WebSocketError,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "ConnectionClosedOK",
     "HandshakeRejected",
     "HubError",
+    "NotConnected",
     "SendQueueFull",
     "WebSocket",
     "WebSocketConnection",

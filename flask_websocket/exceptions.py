@@ -11,7 +11,8 @@ every one a user can meet is importable from :mod:`flask_websocket`::
     ├── ConfigurationError          the server or app is set up so it cannot work; .key
     ├── HubError                    (hubs) other processes could not be reached
     ├── BroadcastTooLarge           (hubs) a broadcast over the hub's size limit
-    └── HandshakeRejected           (testing client) the server refused the upgrade
+    ├── HandshakeRejected           (clients) the server refused the upgrade
+    └── NotConnected                (ResumingClient) no open connection to send on
 
 A handler learns that the peer has gone from :class:`ConnectionClosed`, never
 from ``None`` or an empty string: empty messages are valid messages.
@@ -29,6 +30,7 @@ __all__ = [
     "ConnectionClosedError",
     "ConnectionClosedOK",
     "HandshakeRejected",
+    "NotConnected",
     "SendQueueFull",
     "WebSocketError",
 ]
@@ -101,11 +103,22 @@ class ConfigurationError(WebSocketError, RuntimeError):
 class HandshakeRejected(WebSocketError):
     """The server answered the upgrade with an HTTP error instead of 101.
 
-    Raised by :mod:`flask_websocket.testing`. ``status`` is the HTTP status
-    code, ``body`` the response body.
+    Raised by :mod:`flask_websocket.testing`, and by
+    :class:`flask_websocket.client.ResumingClient` for a refusal that
+    retrying cannot change (4xx but 408, 425, 429). ``status`` is the HTTP
+    status code, ``body`` the response body.
     """
 
     def __init__(self, status: int, body: bytes = b"") -> None:
         self.status = status
         self.body = body
         super().__init__(f"WebSocket handshake rejected with HTTP {status}: {body[:200]!r}")
+
+
+class NotConnected(WebSocketError):
+    """:class:`flask_websocket.client.ResumingClient` had no open connection to send on.
+
+    Raised by its ``send`` when no connection opened in time, or when the
+    connection dropped while sending: the message may be lost (messages
+    from a client are not resumed), send it again if the app allows.
+    """

@@ -505,3 +505,81 @@ def test_history_example_replays_what_a_resuming_client_missed() -> None:
     assert app.test_client().get("/news/tech/latest").json == ["first", "second", "third"]
     back.close()
     writer.close()
+
+
+# ---------------------------------------------------------------------------
+# The Python client following a chat room (docs/client.rst), across a reload
+
+
+@pytest.mark.uwsgi
+def test_follow_room_prints_each_message_once_across_a_reload(start_uwsgi: StartServer) -> None:
+    import asyncio
+    import signal
+
+    from websockets.asyncio.client import connect as async_connect
+
+    from tests.private_hub import private_hub
+    from tests.uwsgi_server import poll_until
+
+    with private_hub("follow") as hub_env:
+        server: UwsgiServer = start_uwsgi(
+            "examples.chat:app", processes=2, gevent=100,
+            extra=["--gevent-early-monkey-patch"], env=hub_env,
+        )  # fmt: skip
+        room_url = server.url("/ws/lobby")
+
+        async def say(texts: List[str]) -> None:
+            async with async_connect(f"{room_url}?nick=alice", open_timeout=20) as ws:
+                for text in texts:
+                    await ws.send(json.dumps({"type": "message", "text": text}))
+                for _ in range(100):  # bounded: the welcome, notices, then her own messages
+                    event = json.loads(await asyncio.wait_for(ws.recv(), RECV_TIMEOUT))
+                    if event.get("type") == "message" and event["text"] == texts[-1]:
+                        return
+                raise AssertionError("alice never saw her own last message")
+
+        async def scenario() -> List[str]:
+            follower = await asyncio.create_subprocess_exec(
+                sys.executable, str(EXAMPLES / "follow_room.py"), f"{room_url}?nick=bot",
+                "--count", "4", cwd=REPO_ROOT, env=dict(_CLEAN_ENV, PYTHONPATH=str(REPO_ROOT)),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            assert follower.stdout is not None
+            lines: List[str] = []
+
+            async def line() -> str:
+                text = (await asyncio.wait_for(follower.stdout.readline(), 60)).decode()
+                lines.append(text.rstrip("\n"))
+                return lines[-1]
+
+            try:
+                # Whenever the follower joins, the chat gives it the room's
+                # history first: "hello" reaches it either way.
+                await say(["hello"])
+                assert await line() == "alice: hello"
+                await say(["before the reload"])
+                assert await line() == "alice: before the reload"
+                old = server.worker_pids()
+                assert server.process is not None
+                os.kill(server.process.pid, signal.SIGHUP)  # every worker replaced; 1012
+                assert await asyncio.to_thread(
+                    poll_until, lambda: not set(server.worker_pids()) & set(old), 30
+                )
+                await say(["after it", "and again"])
+                assert await line() == "alice: after it"
+                assert await line() == "alice: and again"
+                assert await asyncio.wait_for(follower.wait(), 30) == 0  # --count 4: done
+                assert follower.stderr is not None
+                assert (await follower.stderr.read()) == b""
+            finally:
+                if follower.returncode is None:
+                    follower.kill()
+                    await follower.wait()
+            return lines
+
+        lines = asyncio.run(scenario())
+        server.stop()
+    assert lines == [
+        "alice: hello", "alice: before the reload", "alice: after it", "alice: and again",
+    ]  # fmt: skip
+    assert server.crash_lines() == [], server.log()

@@ -18,6 +18,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "flask_websocket"
 
 #: Third-party or standard modules only the concurrency layer may import.
 CONCURRENCY_ONLY = {"gevent", "greenlet", "threading", "asyncio"}
+#: What the client side may import of those: ``client`` is the Python client
+#: (on websockets' asyncio client) that services and scripts run; it never
+#: runs inside uWSGI, and nothing of the server imports it.
+CLIENT_SIDE = {"client": {"asyncio"}}
 
 #: What each of the package's modules may import from the package. A module
 #: not listed may import nothing of it. "concurrency" stands for the package
@@ -67,6 +71,8 @@ ALLOWED: Dict[str, Set[str]] = {
     "emitter": {"exceptions", "hubs", "protocol"},
     "cli": set(),
     "wsgi": set(),
+    # The client side (see CLIENT_SIDE): the wire format, and the exceptions.
+    "client": {"exceptions", "history", "wire"},
     "testing": {"close_codes", "concurrency", "exceptions", "protocol", "transport"},
     "extension": {
         "cli",
@@ -153,10 +159,15 @@ def test_each_module_imports_only_from_the_layers_below(name: str, path: Path) -
     crossing = sorted(module for module in ours if layer_of(module) not in allowed)
     assert crossing == [], f"{name} imports {crossing}: not allowed by docs/design.md's layers"
     if layer != "concurrency":
-        loops = sorted(others & CONCURRENCY_ONLY)
+        loops = sorted(others & CONCURRENCY_ONLY - CLIENT_SIDE.get(layer, set()))
         assert loops == [], f"{name} imports {loops}: only flask_websocket/concurrency/ may"
 
 
 def test_the_rules_cover_every_module() -> None:
     layers = {layer_of(name) for name, _ in modules()}
     assert layers - set(ALLOWED) == set(), "add the new module to ALLOWED and to docs/design.md"
+
+
+def test_nothing_of_the_server_imports_the_client() -> None:
+    importers = [name for name, path in modules() if "client" in imports_of(name, path)[0]]
+    assert importers == [], "the server must not pay for the client's asyncio websockets client"
