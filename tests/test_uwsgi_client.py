@@ -194,9 +194,9 @@ def test_a_network_cut_loses_nothing(served: Served) -> None:
     said = [f"while away {i}" for i in range(AWAY)]
 
     # The other member: another client, straight on uWSGI, that says them.
-    # It joins first: with the redis hub, two members that join a new room
-    # at the same moment may both miss the room's first message (a race in
-    # the hub, not in the client: about one in six tries here).
+    # It joins first and says hello, so that the test knows it is in. (Two
+    # members joining a new room at the same moment as its first message is
+    # tests/test_uwsgi_redis_restart.py's race test.)
     other_joins: List[Joined] = []
     other = ResumingClient(served.server.url(f"/ws/{room}"), on_joined=other_joins.append)
 
