@@ -145,9 +145,9 @@ class WebSocketConnection:
         "_sock",
         "_torn_down",
         "_user_id",
-        "_wire",
         "_writer",
         "subprotocol",
+        "wire",
     )
 
     def __init__(
@@ -162,8 +162,10 @@ class WebSocketConnection:
     ) -> None:
         self._protocol = protocol
         self._user_id = user_id
-        # fws.v1 (flask_websocket.wire): messages go out wrapped, with positions.
-        self._wire = protocol.subprotocol == SUBPROTOCOL
+        #: True when the client speaks ``fws.v1`` (:mod:`flask_websocket.wire`):
+        #: messages go out wrapped, with positions. A plain attribute, read once
+        #: per member by every broadcast.
+        self.wire: bool = protocol.subprotocol == SUBPROTOCOL
         self._since = since
         self._backend = backend
         self._options = options
@@ -275,11 +277,6 @@ class WebSocketConnection:
     def assigned_id(self) -> Optional[str]:
         """The id if :attr:`id` was ever read (or a room joined), else ``None``."""
         return self._id
-
-    @property
-    def wire(self) -> bool:
-        """True when the client speaks ``fws.v1``: messages are wrapped, with positions."""
-        return self._wire
 
     @property
     def user_id(self) -> Optional[str]:
@@ -429,7 +426,7 @@ class WebSocketConnection:
             ConnectionClosed: the connection is closed.
             TypeError: ``message`` is neither ``str`` nor bytes-like.
         """
-        if type(message) is str and not self._wire:  # the common case first: no tuple, no call
+        if type(message) is str and not self.wire:  # the common case first: no tuple, no call
             self.send_frame(encode_frame(OP_TEXT, message.encode()))
         else:
             self.send_frame(self._encode(*encode_message(message)))
@@ -482,7 +479,7 @@ class WebSocketConnection:
 
     def _encode(self, opcode: int, payload: bytes) -> bytes:
         """The frame of one of this connection's own messages (wrapped for ``fws.v1``)."""
-        if self._wire:
+        if self.wire:
             return encode_frame(OP_TEXT, plain_message(opcode, payload).encode())
         return encode_frame(opcode, payload)
 
@@ -493,9 +490,23 @@ class WebSocketConnection:
         policy disconnected. Raises :class:`SendQueueFull` under the
         ``raise`` policy.
         """
+        queue = self._send_queue
+        if queue is None and self._opener is None and not self._torn_down and self._protocol.open:
+            # The fast path of every delivery of a broadcast: nothing waits,
+            # so the frame goes straight to the socket; only a short write
+            # queues the rest (as _write).
+            try:
+                sent = self._sock.send(frame)  # type: ignore[union-attr]
+            except _BlockingErrors:
+                sent = 0
+            except OSError:
+                self._connection_lost()
+                return False
+            if sent != len(frame):
+                self._queue(memoryview(frame)[sent:] if sent else frame)
+            return True
         if self._opener is not None or self._torn_down or not self._protocol.open:
             return False
-        queue = self._send_queue
         if queue is not None and queue.size:
             limit = self._options.send_queue_size
             queued = queue.size
@@ -653,6 +664,12 @@ class WebSocketConnection:
                 return
             if sent:  # a memoryview marks a frame partly written (see sendqueue.py)
                 data = memoryview(data)[sent:]
+        self._queue(data)
+
+    def _queue(self, data: Union[bytes, memoryview]) -> None:
+        """Queue what the kernel did not take; stop reading past the bound; watch for writable."""
+        queue = self._send_queue
+        if queue is None:
             queue = self._send_queue = SendQueue()
         queue.append(data)
         if queue.size > self._options.send_queue_size and not self._backlogged:
@@ -721,7 +738,7 @@ class WebSocketConnection:
             return False
         self._protocol.send_ping(payload)
         self._flush_protocol()
-        if self._wire and not self._torn_down:  # fws.v1 clients see pings this way
+        if self.wire and not self._torn_down:  # fws.v1 clients see pings this way
             self.offer_frame(encode_frame(OP_TEXT, heartbeat_message(self._options.ping_interval)))
         return not self._torn_down
 
@@ -970,6 +987,8 @@ def _let_go(sock: _socket.socket, queue: Optional[SendQueue]) -> None:
 #: Public names :func:`_guard_public_api` leaves alone, and why.
 UNGUARDED = {
     "subprotocol": "a plain attribute, set in __init__ before any other task sees the "
+    "connection, never changed",
+    "wire": "a plain attribute, set in __init__ before any other task sees the "
     "connection, never changed",
 }
 
