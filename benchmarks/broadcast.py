@@ -1473,9 +1473,7 @@ def print_report(runs, summary, targets, servers, skipped, args) -> None:
     ratios = summary["ratios_vs_raw"]
     if ratios:
         print()
-        print(
-            f"Ratios vs {label(summary['ratio_baseline'])} (lower CPU and latency = better):"
-        )
+        print(f"Ratios vs {label(summary['ratio_baseline'])} (lower CPU and latency = better):")
         rows = []
         for name, r in ratios.items():
             lat, tp = r.get("latency"), r.get("throughput")
@@ -1672,21 +1670,7 @@ def main(argv=None) -> int:
 
 def add_baseline(ref: str, directory: str, servers: list[str]) -> list[str]:
     """Export ``ref`` to ``directory``; the server list with its twin after each fws server."""
-    archive = subprocess.run(
-        ["git", "archive", "--format=tar", ref], cwd=bl.REPO_ROOT, check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", directory], input=archive, check=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", ref],
-        cwd=bl.REPO_ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    # the harness's apps (history switch, hub name) are the working tree's
-    apps = os.path.join(directory, "benchmarks", "apps")
-    shutil.rmtree(apps, ignore_errors=True)
-    shutil.copytree(os.path.join(bl.REPO_ROOT, "benchmarks", "apps"), apps)
+    commit = bl.export_code(ref, directory)
     out = []
     for name in servers:
         d = SERVER_DEFS[name]

@@ -37,7 +37,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+    sys.path.append(REPO)  # after PYTHONPATH: another copy of the code may go first
 
 from websockets.datastructures import Headers  # noqa: E402
 
@@ -200,9 +200,7 @@ def main(argv=None) -> int:
     )
     for variant, runs in results.items():
         values = sorted(r["us_per_delivery"] for r in runs)
-        print(
-            f"  {variant:12s} {values[len(values) // 2]:.3f} [{values[0]:.3f}-{values[-1]:.3f}]"
-        )
+        print(f"  {variant:12s} {values[len(values) // 2]:.3f} [{values[0]:.3f}-{values[-1]:.3f}]")
     return 0
 
 
