@@ -260,4 +260,3 @@ def _frame(room: str, envelope: Envelope, wire: bool) -> bytes:
     position = Position(envelope.epoch, envelope.offset)
     text = stream_message(room, position, envelope.opcode, envelope.payload)
     return encode_frame(OP_TEXT, text.encode())
-
