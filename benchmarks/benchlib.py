@@ -759,3 +759,27 @@ def format_table(headers: list[str], rows: list[list[str]], align: str | None = 
     lines = [fmt(headers), "  ".join("-" * w for w in widths)]
     lines += [fmt(r) for r in rows]
     return "\n".join(lines)
+
+
+def export_code(ref: str, directory: str) -> str:
+    """The code of git commit ``ref`` in ``directory``, with the working tree's apps; its short id.
+
+    For before/after figures in one run (``--baseline REF``): a server
+    started with ``code_root=directory`` imports that commit's package, and
+    the working tree's ``benchmarks/apps`` (the harness, not the code under
+    test).
+    """
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", ref], cwd=REPO_ROOT, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", directory], input=archive, check=True)
+    apps = os.path.join(directory, "benchmarks", "apps")
+    shutil.rmtree(apps, ignore_errors=True)
+    shutil.copytree(os.path.join(REPO_ROOT, "benchmarks", "apps"), apps)
+    return subprocess.run(
+        ["git", "rev-parse", "--short", ref],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()

@@ -61,6 +61,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from array import array
 
@@ -84,6 +85,9 @@ monotonic_ns = time.monotonic_ns
 
 FWS_APP = "benchmarks.apps.flask_websocket_broadcast:app"
 RAW_APP = "benchmarks.apps.raw_uwsgi_broadcast:app"
+RAW_DIRECT_APP = "benchmarks.apps.raw_uwsgi_direct_broadcast:app"
+#: The room's history bound in the history-on variants (messages kept).
+HISTORY_SIZE = 1000
 
 # name -> definition
 SERVER_DEFS = {
@@ -93,17 +97,37 @@ SERVER_DEFS = {
         "processes": 1,
         "hub": None,
     },
+    "raw-direct": {
+        "label": "raw uWSGI direct",
+        "module": RAW_DIRECT_APP,
+        "processes": 1,
+        "hub": None,
+    },
     "memory": {
         "label": "fws memory x1",
         "module": FWS_APP,
         "processes": 1,
         "hub": "memory://",
     },
+    "memory-history": {
+        "label": "fws memory x1 hist",
+        "module": FWS_APP,
+        "processes": 1,
+        "hub": "memory://",
+        "history": HISTORY_SIZE,
+    },
     "local": {
         "label": "fws local x2",
         "module": FWS_APP,
         "processes": 2,
         "hub": "local://",
+    },
+    "local-history": {
+        "label": "fws local x2 hist",
+        "module": FWS_APP,
+        "processes": 2,
+        "hub": "local://",
+        "history": HISTORY_SIZE,
     },
     "redis": {
         "label": "fws redis x2",
@@ -112,7 +136,7 @@ SERVER_DEFS = {
         "hub": "redis",
     },
 }
-ORDER = ["raw", "memory", "local", "redis"]
+ORDER = ["raw", "raw-direct", "memory", "memory-history", "local", "local-history", "redis"]
 BASELINE = "raw"
 
 # Code whose change during the benchmark would mix versions between runs.
@@ -120,6 +144,7 @@ CODE_UNDER_TEST = (
     "flask_websocket",
     os.path.join("benchmarks", "apps", "flask_websocket_broadcast.py"),
     os.path.join("benchmarks", "apps", "raw_uwsgi_broadcast.py"),
+    os.path.join("benchmarks", "apps", "raw_uwsgi_direct_broadcast.py"),
 )
 
 CONNECT_TIMEOUT = 15.0
@@ -915,6 +940,10 @@ def run_one(name: str, rnd: int, args, stamp: str, attempt: int = 1) -> dict:
     env = {}
     if d["hub"] is not None:
         env["WEBSOCKET_HUB_URL"] = d["hub"]
+    if d.get("history"):
+        env["BENCH_HISTORY_SIZE"] = str(d["history"])
+        # a database of the run's own (removed afterwards): no stream left by the last one
+        env["BENCH_HUB_NAME"] = base
     try:
         if d["hub"] == "redis":
             redis = RedisServer(os.path.join(bl.RESULTS_DIR, "logs", base + "-redis.log"))
@@ -932,6 +961,7 @@ def run_one(name: str, rnd: int, args, stamp: str, attempt: int = 1) -> dict:
             extra_args=extra_args,
             extra_env=env,
             expect_workers=d["processes"],
+            code_root=d.get("code_root"),
         )
         try:
             with server:
@@ -961,6 +991,8 @@ def run_one(name: str, rnd: int, args, stamp: str, attempt: int = 1) -> dict:
     finally:
         if redis is not None:
             redis.stop()
+        if "BENCH_HUB_NAME" in env:
+            remove_history_db(base)
     limit = getattr(args, "fd_limit", None)
     if "error" in rec and limit and fd_need(name, args.subscribers) > limit:
         rec["error"] += (
@@ -968,6 +1000,15 @@ def run_one(name: str, rnd: int, args, stamp: str, attempt: int = 1) -> dict:
             f"connections; the limit is {limit}]"
         )
     return rec
+
+
+def remove_history_db(name: str) -> None:
+    """Remove the local hub's history database of deployment ``name`` (the server stopped)."""
+    from flask_websocket.sqlite_history import private_directory
+
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            (private_directory() / f"{name}.sqlite3{suffix}").unlink()
 
 
 def fd_need(name: str, subscribers: int) -> int:
@@ -1084,10 +1125,12 @@ def summarize(runs: list[dict], servers: list[str]) -> dict:
             }
         out[name] = s
     ratios: dict = {}
-    base = out.get(BASELINE)
+    # the ratios are to the direct-write raw fan-out when it ran, else to the naive one
+    baseline = next((n for n in ("raw-direct", BASELINE) if out.get(n, {}).get("rounds_ok")), None)
+    base = out.get(baseline) if baseline else None
     if base and base["rounds_ok"]:
         for name in servers:
-            if name == BASELINE or not out[name]["rounds_ok"]:
+            if name == baseline or not out[name]["rounds_ok"]:
                 continue
             r: dict = {}
             for phase in ("latency", "throughput"):
@@ -1101,7 +1144,22 @@ def summarize(runs: list[dict], servers: list[str]) -> dict:
                     "p99": b["p99_ms"] / a["p99_ms"],
                 }
             ratios[name] = r
-    return {"servers": out, "ratios_vs_raw": ratios}
+    # what history costs: each *-history server against the same server without it
+    history: dict = {}
+    for name in servers:
+        plain = name.replace("-history", "")
+        if plain == name or plain not in out:
+            continue
+        a, b = out[plain], out[name]
+        for phase in ("latency", "throughput"):
+            if a.get(phase) and b.get(phase):
+                history.setdefault(name, {})[phase] = b[phase]["cpu_us"] / a[phase]["cpu_us"]
+    return {
+        "servers": out,
+        "ratios_vs_raw": ratios,
+        "ratio_baseline": baseline,
+        "history_cpu_ratio": history,
+    }
 
 
 def evaluate_targets(summary: dict, runs: list[dict], args) -> list[dict]:
@@ -1415,7 +1473,7 @@ def print_report(runs, summary, targets, servers, skipped, args) -> None:
     ratios = summary["ratios_vs_raw"]
     if ratios:
         print()
-        print("Ratios vs the naive raw uWSGI fan-out (lower CPU and latency = better):")
+        print(f"Ratios vs {label(summary['ratio_baseline'])} (lower CPU and latency = better):")
         rows = []
         for name, r in ratios.items():
             lat, tp = r.get("latency"), r.get("throughput")
@@ -1443,6 +1501,12 @@ def print_report(runs, summary, targets, servers, skipped, args) -> None:
                 align="lrrrrr",
             )
         )
+    if summary["history_cpu_ratio"]:
+        print()
+        print("History on / off, worker CPU per delivery (issue 12: at most 1.10):")
+        for name, r in summary["history_cpu_ratio"].items():
+            bits = ", ".join(f"{phase} {ratio:.3f}" for phase, ratio in r.items())
+            print(f"  {label(name)}: {bits}")
     if targets:
         print()
         print("Targets:")
@@ -1535,7 +1599,7 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--servers",
         default="raw,memory,local,redis",
-        help="comma-separated subset of: raw, memory, local, redis",
+        help="comma-separated subset of: " + ", ".join(ORDER),
     )
     ap.add_argument(
         "--phases",
@@ -1592,9 +1656,33 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--open-timeout", type=float, default=300.0, help="limit for opening (s)")
     ap.add_argument("--close-timeout", type=float, default=60.0, help="limit for closing (s)")
+    ap.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also run every flask-websocket server on the code of this git commit "
+        "(before/after in one run; the apps are the working tree's)",
+    )
     bl.add_quiet_args(ap, retry_noisy=1)
     args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="broadcast-baseline-") as tmp:
+        return run(ap, args, tmp)
 
+
+def add_baseline(ref: str, directory: str, servers: list[str]) -> list[str]:
+    """Export ``ref`` to ``directory``; the server list with its twin after each fws server."""
+    commit = bl.export_code(ref, directory)
+    out = []
+    for name in servers:
+        d = SERVER_DEFS[name]
+        if d["module"] == FWS_APP:
+            twin = f"{name}@{commit}"
+            SERVER_DEFS[twin] = {**d, "label": f"{d['label']} @{commit}", "code_root": directory}
+            out.append(twin)
+        out.append(name)
+    return out
+
+
+def run(ap, args, tmp: str) -> int:
     names = []
     for n in (v.strip() for v in args.servers.split(",")):
         if not n:
@@ -1641,6 +1729,8 @@ def main(argv=None) -> int:
             skipped["redis"] = why
             servers.remove("redis")
             print(f"note: skipping the redis hub server: {why}")
+    if args.baseline:
+        servers = add_baseline(args.baseline, tmp, servers)
 
     bl.pin_self_to_client_core()
     limits = raise_fd_limits(args.subscribers + 2048)

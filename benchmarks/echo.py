@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import os
 import sys
+import tempfile
 import time
 from array import array
 
@@ -331,10 +332,25 @@ async def run_client(server: bl.Server, args) -> dict:
     }
 
 
+def label(name: str) -> str:
+    base, _, commit = name.partition("@")
+    return bl.SERVER_LABELS[base] + (f" @{commit}" if commit else "")
+
+
 def run_one(name: str, rnd: int, args, stamp: str, attempt: int = 1) -> dict:
     suffix = f"-a{attempt}" if attempt > 1 else ""
-    log = os.path.join(bl.RESULTS_DIR, "logs", f"echo-{stamp}-{name}-r{rnd}{suffix}.log")
-    server = bl.Server(name=name, mode=args.mode, gevent=args.gevent, log_path=log)
+    file_name = name.replace("@", "-")
+    log = os.path.join(bl.RESULTS_DIR, "logs", f"echo-{stamp}-{file_name}-r{rnd}{suffix}.log")
+    module, path = bl.SERVERS[name.partition("@")[0]]
+    server = bl.Server(
+        name=name,
+        mode=args.mode,
+        gevent=args.gevent,
+        log_path=log,
+        module_spec=module,
+        ws_path=path,
+        code_root=getattr(args, "baseline_root", None) if "@" in name else None,
+    )
     rec = {"server": name, "round": rnd, "log": bl.relpath(log)}
     try:
         with server:
@@ -432,14 +448,14 @@ def print_report(runs, summary, servers, args) -> None:
     print("Per run:")
     rows = []
     for r in runs:
-        label = bl.SERVER_LABELS[r["server"]]
+        name_label = label(r["server"])
         if "error" in r:
-            rows.append([str(r["round"]), label, "ERROR"] + [""] * (9 if http else 8))
+            rows.append([str(r["round"]), name_label, "ERROR"] + [""] * (9 if http else 8))
             continue
         rows.append(
             [
                 str(r["round"]),
-                label,
+                name_label,
                 fmt_int(r["msgs_per_s"]),
                 f"{r['latency_ms']['p50']:.3f}",
                 f"{r['latency_ms']['p99']:.3f}",
@@ -477,13 +493,13 @@ def print_report(runs, summary, servers, args) -> None:
     rows = []
     for name in servers:
         s = summary["servers"][name]
-        label = bl.SERVER_LABELS[name]
+        name_label = label(name)
         if not s.get("rounds_ok"):
-            rows.append([label, "FAILED", "", "", "", "", "", ""])
+            rows.append([name_label, "FAILED", "", "", "", "", "", ""])
             continue
         rows.append(
             [
-                label,
+                name_label,
                 (
                     f"{fmt_int(s['msgs_per_s_median'])} "
                     f"[{fmt_int(s['msgs_per_s_min'])}-{fmt_int(s['msgs_per_s_max'])}]"
@@ -547,20 +563,20 @@ def print_report(runs, summary, servers, args) -> None:
     errs = [r for r in runs if "error" in r]
     for r in errs:
         print()
-        print(f"ERROR {bl.SERVER_LABELS[r['server']]} round {r['round']}: {r['error']}")
+        print(f"ERROR {label(r['server'])} round {r['round']}: {r['error']}")
         print(f"  uWSGI log ({r['log']}), last lines:")
         for line in (r.get("log_tail") or "").splitlines()[-25:]:
             print("    " + line)
     for r in runs:
         if r.get("mismatches"):
             print(
-                f"MISMATCH {bl.SERVER_LABELS[r['server']]} round {r['round']}: "
+                f"MISMATCH {label(r['server'])} round {r['round']}: "
                 f"{r['mismatches']} replies differed, "
                 f"e.g. {r['mismatch_examples'][:2]}"
             )
         if r.get("unexpected_disconnects") or r.get("server_closes"):
             print(
-                f"DISCONNECT {bl.SERVER_LABELS[r['server']]} round {r['round']}: "
+                f"DISCONNECT {label(r['server'])} round {r['round']}: "
                 f"{r['unexpected_disconnects']} connections dropped, "
                 f"{r['server_closes']} closed by the server {r['close_examples']}"
             )
@@ -600,12 +616,28 @@ def main(argv=None) -> int:
         default="raw,flask-websocket",
         help="comma-separated subset of: raw, flask-websocket",
     )
+    ap.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also run flask-websocket on the code of this git commit (before/after in one run)",
+    )
     bl.add_quiet_args(ap, retry_noisy=2)
     args = ap.parse_args(argv)
     try:
         servers = bl.parse_servers(args.servers)
     except ValueError as exc:
         ap.error(str(exc))
+    with tempfile.TemporaryDirectory(prefix="echo-baseline-") as tmp:
+        args.baseline_root = None
+        if args.baseline:
+            commit = bl.export_code(args.baseline, tmp)
+            args.baseline_root = tmp
+            at = servers.index(bl.CANDIDATE) if bl.CANDIDATE in servers else len(servers)
+            servers.insert(at, f"{bl.CANDIDATE}@{commit}")
+        return run(ap, args, servers)
+
+
+def run(ap, args, servers: list) -> int:
     if not (1 <= args.rounds <= 100):
         ap.error("--rounds must be 1..100")
     if not (0.5 <= args.duration <= 600) or not (0 <= args.warmup <= 60):
@@ -626,7 +658,7 @@ def main(argv=None) -> int:
     for rnd in range(1, args.rounds + 1):
         for name in servers:
             print(
-                f"round {rnd}/{args.rounds}: {bl.SERVER_LABELS[name]} ...",
+                f"round {rnd}/{args.rounds}: {label(name)} ...",
                 end=" ",
                 flush=True,
             )

@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -237,9 +238,26 @@ def measure_problems(rec: dict, connections: int) -> list[str]:
     return problems
 
 
+def label(name: str) -> str:
+    base, _, commit = name.partition("@")
+    return bl.SERVER_LABELS[base] + (f" @{commit}" if commit else "")
+
+
 def run_one(name: str, rnd: int, args, stamp: str) -> dict:
-    log = os.path.join(bl.RESULTS_DIR, "logs", f"idle-memory-{stamp}-{name}-r{rnd}.log")
-    server = bl.Server(name=name, mode=args.mode, gevent=args.gevent, log_path=log)
+    log = os.path.join(
+        bl.RESULTS_DIR, "logs", f"idle-memory-{stamp}-{name.replace('@', '-')}-r{rnd}.log"
+    )
+    base = name.partition("@")[0]
+    module, path = bl.SERVERS[base]
+    server = bl.Server(
+        name=name,
+        mode=args.mode,
+        gevent=args.gevent,
+        log_path=log,
+        module_spec=module,
+        ws_path=path,
+        code_root=args.baseline_root if "@" in name else None,
+    )
     rec = {"server": name, "round": rnd, "log": bl.relpath(log)}
     try:
         with server:
@@ -317,17 +335,33 @@ def main(argv=None) -> int:
         help="exit non-zero if flask-websocket exceeds this RSS KB/connection "
         f"(goal: {TARGET_KB:g})",
     )
+    ap.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also run flask-websocket on the code of this git commit (before/after in one run)",
+    )
     args = ap.parse_args(argv)
     try:
         servers = bl.parse_servers(args.servers)
     except ValueError as exc:
         ap.error(str(exc))
+    with tempfile.TemporaryDirectory(prefix="idle-memory-baseline-") as tmp:
+        args.baseline_root = None
+        if args.baseline:
+            commit = bl.export_code(args.baseline, tmp)
+            args.baseline_root = tmp
+            at = servers.index(bl.CANDIDATE) if bl.CANDIDATE in servers else len(servers)
+            servers.insert(at, f"{bl.CANDIDATE}@{commit}")
+        return run(args, servers)
+
+
+def run(args, servers: list) -> int:
     if not (1 <= args.connections < args.gevent):
-        ap.error("--connections must be >= 1 and below --gevent (the uWSGI connection cap)")
+        sys.exit("--connections must be >= 1 and below --gevent (the uWSGI connection cap)")
     if not (1 <= args.rounds <= 20):
-        ap.error("--rounds must be 1..20")
+        sys.exit("--rounds must be 1..20")
     if not (1 <= args.batch <= 90):
-        ap.error("--batch must be 1..90 (uWSGI listen backlog is 100)")
+        sys.exit("--batch must be 1..90 (uWSGI listen backlog is 100)")
 
     bl.pin_self_to_client_core()
     soft, hard = bl.raise_fd_limit(args.connections + 512)
@@ -342,7 +376,7 @@ def main(argv=None) -> int:
     for rnd in range(1, args.rounds + 1):
         for name in servers:
             print(
-                f"round {rnd}/{args.rounds}: {bl.SERVER_LABELS[name]} ...",
+                f"round {rnd}/{args.rounds}: {label(name)} ...",
                 end=" ",
                 flush=True,
             )
@@ -403,14 +437,14 @@ def main(argv=None) -> int:
     print()
     rows = []
     for r in runs:
-        label = bl.SERVER_LABELS[r["server"]]
+        name_label = label(r["server"])
         if "kb_per_conn_rss" not in r:
-            rows.append([str(r["round"]), label, "ERROR"] + [""] * 7)
+            rows.append([str(r["round"]), name_label, "ERROR"] + [""] * 7)
             continue
         rows.append(
             [
                 str(r["round"]),
-                label,
+                name_label,
                 f"{r['established']}",
                 mb(r["before"]["rss"]),
                 mb(r["after"]["rss"]),
@@ -443,20 +477,20 @@ def main(argv=None) -> int:
         for r in runs:
             if "router_kb_per_conn_rss" in r:
                 print(
-                    f"  --http router ({bl.SERVER_LABELS[r['server']]}, round {r['round']}): "
+                    f"  --http router ({label(r['server'])}, round {r['round']}): "
                     f"{r['router_kb_per_conn_rss']:.2f} KB/conn RSS (not included above)"
                 )
     print()
     rows = []
     for name in servers:
         s = summary["servers"][name]
-        label = bl.SERVER_LABELS[name]
+        name_label = label(name)
         if not s.get("rounds_ok"):
-            rows.append([label, "FAILED", "", ""])
+            rows.append([name_label, "FAILED", "", ""])
             continue
         rows.append(
             [
-                label,
+                name_label,
                 f"{s['kb_per_conn_rss_median']:.2f} "
                 f"[{s['kb_per_conn_rss_min']:.2f}-{s['kb_per_conn_rss_max']:.2f}]",
                 f"{s['kb_per_conn_uss_median']:.2f}" if "kb_per_conn_uss_median" in s else "n/a",
@@ -489,7 +523,7 @@ def main(argv=None) -> int:
     for r in runs:
         if "error" in r:
             print()
-            print(f"ERROR {bl.SERVER_LABELS[r['server']]} round {r['round']}: {r['error']}")
+            print(f"ERROR {label(r['server'])} round {r['round']}: {r['error']}")
             print(f"  uWSGI log ({r['log']}), last lines:")
             for line in (r.get("log_tail") or "").splitlines()[-25:]:
                 print("    " + line)

@@ -77,6 +77,7 @@ import codecs
 import copy
 import dataclasses
 import logging
+import uuid
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from websockets.datastructures import Headers
@@ -107,6 +108,10 @@ __all__ = [
 
 _OPEN = State.OPEN
 _CLOSED = State.CLOSED
+#: One ``Protocol.id`` for every connection of the process (see restart_parser).
+_SHARED_ID = uuid.UUID(int=0)
+#: The extension list of every connection that negotiated none (never extended).
+_NO_EXTENSIONS: List[Any] = []
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 # Silent and not registered: the check's handshakes must not reach the app's logs.
@@ -213,6 +218,14 @@ def restart_parser(ws: ServerProtocol) -> None:
     """
     ws.parser = Protocol.parse(ws)
     next(ws.parser)
+    # Per-connection objects websockets keeps for nothing here (an idle
+    # connection should cost little): its ``id`` (a UUID, for its own log
+    # lines, which this package does not use) and an empty extension list,
+    # which nothing extends after the handshake (``Protocol.id``,
+    # ``Protocol.extensions``: 15.0.1, 17.4).
+    ws.id = _SHARED_ID
+    if not ws.extensions:
+        ws.extensions = _NO_EXTENSIONS
 
 
 class ProtocolState:

@@ -141,13 +141,14 @@ class WebSocketConnection:
         "_registry",
         "_rooms",
         "_send_queue",
+        "_sending",
         "_since",
         "_sock",
         "_torn_down",
         "_user_id",
-        "_wire",
         "_writer",
         "subprotocol",
+        "wire",
     )
 
     def __init__(
@@ -162,8 +163,10 @@ class WebSocketConnection:
     ) -> None:
         self._protocol = protocol
         self._user_id = user_id
-        # fws.v1 (flask_websocket.wire): messages go out wrapped, with positions.
-        self._wire = protocol.subprotocol == SUBPROTOCOL
+        #: True when the client speaks ``fws.v1`` (:mod:`flask_websocket.wire`):
+        #: messages go out wrapped, with positions. A plain attribute, read once
+        #: per member by every broadcast.
+        self.wire: bool = protocol.subprotocol == SUBPROTOCOL
         self._since = since
         self._backend = backend
         self._options = options
@@ -177,6 +180,10 @@ class WebSocketConnection:
         self._inbox_wakeup: Wakeup = backend.wakeup()
         # None while nothing waits to be written (see sendqueue.py).
         self._send_queue: Optional[SendQueue] = None
+        # The socket while a data frame may go straight to it: accepted, open
+        # (no close frame sent or received), nothing queued, not torn down;
+        # else None. The one check of a broadcast's delivery (_sync_sending).
+        self._sending: Optional[_socket.socket] = None
         self._drained: Optional[Event] = None
         self._closed_event: Optional[Event] = None
         self._keepalive: Optional[Keepalive] = None
@@ -243,6 +250,7 @@ class WebSocketConnection:
         sock = opener()  # may raise (not under uWSGI): then nothing was sent
         self._opener = None
         self._sock = sock
+        self._sending = sock if self._protocol.open else None
         fd = sock.fileno()
         backend = self._backend
         self._reader = backend.watch_readable(fd, self._on_readable)
@@ -275,11 +283,6 @@ class WebSocketConnection:
     def assigned_id(self) -> Optional[str]:
         """The id if :attr:`id` was ever read (or a room joined), else ``None``."""
         return self._id
-
-    @property
-    def wire(self) -> bool:
-        """True when the client speaks ``fws.v1``: messages are wrapped, with positions."""
-        return self._wire
 
     @property
     def user_id(self) -> Optional[str]:
@@ -429,7 +432,7 @@ class WebSocketConnection:
             ConnectionClosed: the connection is closed.
             TypeError: ``message`` is neither ``str`` nor bytes-like.
         """
-        if type(message) is str and not self._wire:  # the common case first: no tuple, no call
+        if type(message) is str and not self.wire:  # the common case first: no tuple, no call
             self.send_frame(encode_frame(OP_TEXT, message.encode()))
         else:
             self.send_frame(self._encode(*encode_message(message)))
@@ -482,7 +485,7 @@ class WebSocketConnection:
 
     def _encode(self, opcode: int, payload: bytes) -> bytes:
         """The frame of one of this connection's own messages (wrapped for ``fws.v1``)."""
-        if self._wire:
+        if self.wire:
             return encode_frame(OP_TEXT, plain_message(opcode, payload).encode())
         return encode_frame(opcode, payload)
 
@@ -493,6 +496,21 @@ class WebSocketConnection:
         policy disconnected. Raises :class:`SendQueueFull` under the
         ``raise`` policy.
         """
+        sock = self._sending
+        if sock is not None:
+            # The fast path of every delivery of a broadcast: nothing waits,
+            # so the frame goes straight to the socket; only a short write
+            # queues the rest (as _write).
+            try:
+                sent = sock.send(frame)
+            except _BlockingErrors:
+                sent = 0
+            except OSError:
+                self._connection_lost()
+                return False
+            if sent != len(frame):
+                self._queue(memoryview(frame)[sent:] if sent else frame)
+            return True
         if self._opener is not None or self._torn_down or not self._protocol.open:
             return False
         queue = self._send_queue
@@ -518,11 +536,24 @@ class WebSocketConnection:
 
         This is how a broadcast writes the same bytes to many connections.
         """
-        if self._opener is not None:
-            self.accept()
-        if self._closed:
-            raise self._protocol.closed_exception()
-        self._write(frame)
+        sock = self._sending
+        if sock is not None:  # the common case: straight to the socket (as offer_frame)
+            try:
+                sent = sock.send(frame)
+            except _BlockingErrors:
+                sent = 0
+            except OSError:
+                self._connection_lost()
+                return
+            if sent == len(frame):
+                return
+            self._queue(memoryview(frame)[sent:] if sent else frame)
+        else:
+            if self._opener is not None:
+                self.accept()
+            if self._closed:
+                raise self._protocol.closed_exception()
+            self._write(frame)
         queue = self._send_queue
         if queue is not None and queue.size > self._options.send_queue_size:
             self._wait_for_drain()
@@ -554,6 +585,7 @@ class WebSocketConnection:
                         self._pause_reading()
                 if events:  # first: a failure may be held back
                     self._on_protocol_events(events)
+                    self._sync_sending()
                 if protocol.has_output():  # pongs, a close frame's echo, EOF
                     self._flush_protocol()
                 if self._rate is not None and messages:  # (None while closing)
@@ -653,7 +685,14 @@ class WebSocketConnection:
                 return
             if sent:  # a memoryview marks a frame partly written (see sendqueue.py)
                 data = memoryview(data)[sent:]
+        self._queue(data)
+
+    def _queue(self, data: Union[bytes, memoryview]) -> None:
+        """Queue what the kernel did not take; stop reading past the bound; watch for writable."""
+        queue = self._send_queue
+        if queue is None:
             queue = self._send_queue = SendQueue()
+            self._sending = None  # after what waits, in order
         queue.append(data)
         if queue.size > self._options.send_queue_size and not self._backlogged:
             self._backlogged = True
@@ -677,6 +716,7 @@ class WebSocketConnection:
             return
         if emptied:
             self._send_queue = None
+            self._sync_sending()
             if self._writer is not None:
                 self._writer.stop()
         if queue.size <= self._options.send_queue_size:
@@ -706,12 +746,25 @@ class WebSocketConnection:
     def _flush_protocol(self) -> None:
         """Write what the protocol produced (control frames, EOF); tear down once closed."""
         protocol = self._protocol
+        self._sync_sending()  # every change of the protocol's state comes this way
         for data in protocol.data_to_send():
             if self._torn_down:
                 return
             self._write(data)
         if protocol.closed:
             self._teardown()
+
+    def _sync_sending(self) -> None:
+        """Set :attr:`_sending` from the state: the socket, or ``None`` if a frame must not go."""
+        if (
+            self._opener is None
+            and not self._torn_down
+            and self._send_queue is None
+            and self._protocol.open
+        ):
+            self._sending = self._sock
+        else:
+            self._sending = None
 
     # ------------------------------------------------------------------
     # Keepalive (the Keepalive's calls back, see keepalive.py)
@@ -721,7 +774,7 @@ class WebSocketConnection:
             return False
         self._protocol.send_ping(payload)
         self._flush_protocol()
-        if self._wire and not self._torn_down:  # fws.v1 clients see pings this way
+        if self.wire and not self._torn_down:  # fws.v1 clients see pings this way
             self.offer_frame(encode_frame(OP_TEXT, heartbeat_message(self._options.ping_interval)))
         return not self._torn_down
 
@@ -841,6 +894,7 @@ class WebSocketConnection:
         and discarded.
         """
         self._protocol.hold_failure()
+        self._sync_sending()
         self._cancel_keepalive()
         self._cancel_rate()
         if self._close_timer is None and not self._torn_down:
@@ -905,6 +959,7 @@ class WebSocketConnection:
         if self._torn_down:
             return
         self._torn_down = True
+        self._sending = None
         self._cancel_keepalive()
         self._cancel_rate()
         if self._close_timer is not None:
@@ -970,6 +1025,8 @@ def _let_go(sock: _socket.socket, queue: Optional[SendQueue]) -> None:
 #: Public names :func:`_guard_public_api` leaves alone, and why.
 UNGUARDED = {
     "subprotocol": "a plain attribute, set in __init__ before any other task sees the "
+    "connection, never changed",
+    "wire": "a plain attribute, set in __init__ before any other task sees the "
     "connection, never changed",
 }
 

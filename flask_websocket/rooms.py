@@ -180,29 +180,44 @@ class RoomRegistry:
                 if not (skip and connection.assigned_id == skip):
                     connection.close_nowait(code, reason)
             return len(recipients)
-        frames: Dict[bool, bytes] = {}  # framed once for all members (once more for fws.v1)
+        # Framed once for all members (once more for fws.v1); the loop is the
+        # hot path of every broadcast: one call per member.
+        plain: Optional[bytes] = None
+        wrapped: Optional[bytes] = None
         delivered = 0
         for connection in recipients:
             if skip and connection.assigned_id == skip:
                 continue
-            wire = connection.wire
-            frame = frames.get(wire)
-            if frame is None:
-                frame = frames[wire] = _frame(envelope, wire)
-            delivered += self._offer(connection, frame)
+            if connection.wire:
+                if wrapped is None:
+                    wrapped = _frame(envelope, True)
+                frame = wrapped
+            else:
+                if plain is None:
+                    plain = _frame(envelope, False)
+                frame = plain
+            try:
+                if connection.offer_frame(frame):
+                    delivered += 1
+            except SendQueueFull:
+                self._dropped(connection)
         return delivered
 
-    @staticmethod
-    def _offer(connection: WebSocketConnection, frame: bytes) -> bool:
+    @classmethod
+    def _offer(cls, connection: WebSocketConnection, frame: bytes) -> bool:
         try:
             return connection.offer_frame(frame)
         except SendQueueFull:
-            logger.warning(
-                "dropped a broadcast for %r: its send queue is full "
-                "(WEBSOCKET_SEND_QUEUE_OVERFLOW = 'raise')",
-                connection,
-            )
+            cls._dropped(connection)
             return False
+
+    @staticmethod
+    def _dropped(connection: WebSocketConnection) -> None:
+        logger.warning(
+            "dropped a broadcast for %r: its send queue is full "
+            "(WEBSOCKET_SEND_QUEUE_OVERFLOW = 'raise')",
+            connection,
+        )
 
 
 def _frame(envelope: Envelope, wire: bool) -> bytes:

@@ -112,10 +112,23 @@ class SqliteStore(HistoryStore):
                     "INSERT INTO messages VALUES (?, ?, ?, ?, ?)",
                     (room, offset, opcode, payload, now),
                 )
+                # Trimming walks the primary key from the oldest message: a
+                # condition on time in the same statement would read every
+                # message of the room on every append (O(size) per broadcast).
                 db.execute(
-                    "DELETE FROM messages WHERE room = ? AND (seq <= ? OR time < ?)",
-                    (room, offset - limits.size, now - limits.ttl if limits.ttl else 0.0),
+                    "DELETE FROM messages WHERE room = ? AND seq <= ?",
+                    (room, offset - limits.size),
                 )
+                if limits.ttl:
+                    # The oldest message young enough to keep (this one at
+                    # least); reads filter by time too, so a message a
+                    # worker's clock stamped out of order is never served.
+                    (kept,) = db.execute(
+                        "SELECT seq FROM messages WHERE room = ? AND time >= ? "
+                        "ORDER BY seq LIMIT 1",
+                        (room, now - limits.ttl),
+                    ).fetchone()
+                    db.execute("DELETE FROM messages WHERE room = ? AND seq < ?", (room, kept))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")

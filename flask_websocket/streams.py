@@ -30,6 +30,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set, Tuple
 
+from .exceptions import SendQueueFull
 from .history import Entry, Position, Recovery
 from .hubs.base import Envelope
 from .protocol import OP_TEXT, encode_frame
@@ -258,26 +259,44 @@ class Streams:
             stream.gap_timer = None
 
     def _to_members(self, room: str, stream: RoomStream, envelope: Envelope) -> None:
-        frames: Dict[bool, bytes] = {}
+        # The hot path of a broadcast into a room with history: framed once
+        # for raw members and once for fws.v1 ones (the envelope with the
+        # position is per message, not per member); one call per member.
+        plain: Optional[bytes] = None
+        wrapped: Optional[bytes] = None
         skip = envelope.skip
+        waiting_for = stream.waiting
+        floors = stream.floor
         for connection in list(self._members_of(room)):
             if skip and connection.assigned_id == skip:
                 continue
-            waiting = stream.waiting.get(connection)
-            if waiting is not None:
-                waiting.append(envelope)
-                continue
-            if stream.floor:
-                floor = stream.floor.get(connection)
+            if waiting_for:
+                waiting = waiting_for.get(connection)
+                if waiting is not None:
+                    waiting.append(envelope)
+                    continue
+            if floors:
+                floor = floors.get(connection)
                 if floor is not None:
                     if envelope.offset <= floor:
                         continue  # it had this one from the store
-                    del stream.floor[connection]
-            wire = connection.wire
-            frame = frames.get(wire)
-            if frame is None:
-                frame = frames[wire] = _frame(room, envelope, wire)
-            self._offer(connection, frame)
+                    del floors[connection]
+            if connection.wire:
+                if wrapped is None:
+                    wrapped = _frame(room, envelope, True)
+                frame = wrapped
+            else:
+                if plain is None:
+                    plain = _frame(room, envelope, False)
+                frame = plain
+            try:
+                connection.offer_frame(frame)
+            except SendQueueFull:
+                logger.warning(
+                    "dropped a broadcast for %r: its send queue is full "
+                    "(WEBSOCKET_SEND_QUEUE_OVERFLOW = 'raise')",
+                    connection,
+                )
 
     # -- joins -----------------------------------------------------------------
 
@@ -382,4 +401,3 @@ def _frame(room: str, envelope: Envelope, wire: bool) -> bytes:
     position = Position(envelope.epoch, envelope.offset)
     text = stream_message(room, position, envelope.opcode, envelope.payload)
     return encode_frame(OP_TEXT, text.encode())
-

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import socket
 import sys
 import time
 from types import CodeType, FrameType
@@ -22,9 +23,9 @@ from flask_websocket.connection import (
     GuardedConnection,
     _guard_public_api,
 )
-from flask_websocket.protocol import OP_TEXT, ServerProtocol
+from flask_websocket.protocol import OP_TEXT, ServerProtocol, encode_frame
 from flask_websocket.testing import WebSocketTestClient
-from tests.test_protocol import client_frame
+from tests.test_protocol import client_frame, open_server, parse_server_frames
 
 
 @pytest.fixture(params=["gevent", "threads"])
@@ -298,7 +299,7 @@ def test_every_public_member_of_the_connection_runs_under_the_guard() -> None:
     handler_api = {"receive", "recv", "recv_nb", "send", "send_binary", "close", "closed"}
     assert handler_api | {"send_from_sharedarea", "offer_frame", "id", "join"} <= set(public)
     # The deliberate exceptions, each a plain attribute set once in __init__.
-    assert set(UNGUARDED) == {"subprotocol"}
+    assert set(UNGUARDED) == {"subprotocol", "wire"}
     for name in UNGUARDED:
         assert (
             type(inspect.getattr_static(WebSocketConnection, name)).__name__ == "member_descriptor"
@@ -529,3 +530,92 @@ def test_a_bad_rate_limit_on_a_route_is_refused_at_once() -> None:
     _, websocket = make_app()
     with pytest.raises(ValueError, match=r"rate_limit of '/x' is \(10, 0\): use"):
         websocket.route("/x", rate_limit=(10, 0))
+
+
+# -- A broadcast's delivery: straight to the socket, never past a close --------------
+
+
+def _read_all(sock: socket.socket, rounds: int = 200) -> List[bytes]:
+    """What the peer can read now, letting the gevent loop flush queued bytes meanwhile."""
+    chunks: List[bytes] = []
+    idle = 0
+    for _ in range(rounds):  # bounded: at most `rounds` short waits
+        try:
+            data = sock.recv(1 << 20)
+        except BlockingIOError:
+            idle += 1
+            if idle > 20:
+                break
+            gevent.sleep(0.005)
+            continue
+        if not data:
+            break
+        idle = 0
+        chunks.append(data)
+    return chunks
+
+
+@pytest.fixture
+def accepted() -> Iterator[Tuple[WebSocketConnection, socket.socket]]:
+    """An accepted connection on the gevent backend, over a socket pair, and its peer."""
+    from flask_websocket.concurrency.gevent import GeventBackend
+
+    server, client = socket.socketpair()
+    server.setblocking(False)
+    client.setblocking(False)
+    connection = WebSocketConnection(
+        open_server(),
+        GeventBackend("gevent"),
+        ConnectionOptions(ping_interval=None, close_timeout=0.5),
+        lambda: server,
+    )
+    connection.accept()
+    yield connection, client
+    connection._teardown(lost=True)
+    server.close()
+    client.close()
+
+
+def test_offer_frame_after_our_close_sends_nothing_more(
+    accepted: Tuple[WebSocketConnection, socket.socket],
+) -> None:
+    connection, client = accepted
+    assert connection.offer_frame(encode_frame(OP_TEXT, b"before"))
+    connection.close_nowait(1000, "bye")
+    assert not connection.offer_frame(encode_frame(OP_TEXT, b"after"))
+    frames = parse_server_frames(_read_all(client))
+    assert [(f.opcode, bytes(f.data)) for f in frames[:1]] == [(Opcode.TEXT, b"before")]
+    assert [f.opcode for f in frames[1:]] == [Opcode.CLOSE]  # and nothing after it
+
+
+def test_offer_frame_after_the_peers_close_is_refused(
+    accepted: Tuple[WebSocketConnection, socket.socket],
+) -> None:
+    connection, client = accepted
+    client.sendall(client_frame(0x8, b"\x03\xe8"))
+    for _ in range(100):  # the read watcher sees the close frame
+        if connection.closed:
+            break
+        gevent.sleep(0.01)
+    assert connection.closed
+    assert not connection.offer_frame(encode_frame(OP_TEXT, b"after"))
+    frames = parse_server_frames(_read_all(client))
+    assert [f.opcode for f in frames] == [Opcode.CLOSE]  # the echo, nothing after it
+
+
+def test_short_writes_queue_the_rest_and_every_frame_arrives_whole_in_order(
+    accepted: Tuple[WebSocketConnection, socket.socket],
+) -> None:
+    connection, client = accepted
+    payloads = [f"{i:05d}".encode() * 200 for i in range(800)]  # 800 KB: past the buffers
+    assert all(connection.offer_frame(encode_frame(OP_TEXT, p)) for p in payloads[:400])
+    assert connection.buffered_amount > 0  # some waited for the peer
+    # The peer reads a little, so the kernel could take more, before the
+    # connection's writer had a turn: what comes next must wait behind the queue.
+    early = [client.recv(32768)]
+    assert all(connection.offer_frame(encode_frame(OP_TEXT, p)) for p in payloads[400:])
+    frames = parse_server_frames(early + _read_all(client, rounds=5000))
+    assert [bytes(f.data) for f in frames] == payloads
+    assert connection.buffered_amount == 0
+    assert connection.offer_frame(encode_frame(OP_TEXT, b"direct again"))
+    assert [bytes(f.data) for f in parse_server_frames(_read_all(client))] == [b"direct again"]

@@ -31,7 +31,7 @@ ALLOWED: Dict[str, Set[str]] = {
     "logs": set(),
     "history": set(),
     "wire": {"history"},
-    "streams": {"concurrency", "history", "hubs", "protocol", "wire"},
+    "streams": {"concurrency", "exceptions", "history", "hubs", "protocol", "wire"},
     "sqlite_history": {"concurrency", "exceptions", "history"},
     "origins": {"logs"},
     "admission": {"logs", "concurrency"},

@@ -12,9 +12,12 @@ Two routes:
 
 The hub comes from the ``WEBSOCKET_HUB_URL`` environment variable
 (``memory://`` if unset; ``local://``, ``redis://host:port/db``), and is
-copied into the app's config of the same name. Run under uWSGI with gevent
-(``--gevent-early-monkey-patch`` for the redis hub), from the repository
-root::
+copied into the app's config of the same name. ``BENCH_HISTORY_SIZE=N``
+gives the room a history of N messages (``WEBSOCKET_HISTORY``), and
+``BENCH_HUB_NAME`` names the local hub's deployment (its history database).
+
+Run under uWSGI with gevent (``--gevent-early-monkey-patch`` for the redis
+hub), from the repository root::
 
     WEBSOCKET_HUB_URL=memory:// uwsgi --master --need-app --die-on-term \\
         --gevent 2000 --http-socket 127.0.0.1:8000 \\
@@ -34,6 +37,10 @@ ROOM = "bench"
 
 app = Flask(__name__)
 app.config["WEBSOCKET_HUB_URL"] = os.environ.get("WEBSOCKET_HUB_URL") or "memory://"
+if os.environ.get("BENCH_HISTORY_SIZE"):  # the room keeps history (broadcast.py's *-history)
+    app.config["WEBSOCKET_HISTORY"] = {ROOM: {"size": int(os.environ["BENCH_HISTORY_SIZE"])}}
+if os.environ.get("BENCH_HUB_NAME"):  # the local hub's (and its history's) own name
+    app.config["WEBSOCKET_HUB_OPTIONS"] = {"name": os.environ["BENCH_HUB_NAME"]}
 websocket = WebSocket(app)
 
 
