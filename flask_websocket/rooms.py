@@ -53,7 +53,7 @@ class RoomRegistry:
         #: The hub told when a room gets its first or loses its last member here.
         self.hub: Optional[Hub] = None
         #: Rooms with history: their streams, delivered in order.
-        self.streams = Streams(lambda room: self._rooms.get(room, set()), self._offer)
+        self.streams = Streams(lambda room: self._rooms.get(room, set()))
 
     def new_id(self, connection: WebSocketConnection) -> str:
         """Give ``connection`` an id (``<node>.<n>``) and index it by that id."""
@@ -202,14 +202,6 @@ class RoomRegistry:
             except SendQueueFull:
                 self._dropped(connection)
         return delivered
-
-    @classmethod
-    def _offer(cls, connection: WebSocketConnection, frame: bytes) -> bool:
-        try:
-            return connection.offer_frame(frame)
-        except SendQueueFull:
-            cls._dropped(connection)
-            return False
 
     @staticmethod
     def _dropped(connection: WebSocketConnection) -> None:

@@ -77,10 +77,8 @@ class Streams:
     def __init__(
         self,
         members_of: Callable[[str], Set[WebSocketConnection]],
-        offer: Callable[[WebSocketConnection, bytes], bool],
     ) -> None:
         self._members_of = members_of
-        self._offer = offer
         self.rooms: Dict[str, RoomStream] = {}
         #: Set by the hub: reads the entries after an offset (a task that may wait).
         self.fill_gap: Optional[Callable[[str, int], None]] = None

@@ -31,6 +31,12 @@ class Member:
     def close_nowait(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
 
+    def offer_frame(self, frame: bytes) -> bool:
+        if self.closed is not None:  # as a connection that started closing
+            return False
+        self.frames.append(frame)
+        return True
+
     def got(self) -> List[str]:
         return [frame[2:].decode() for frame in self.frames]
 
@@ -40,15 +46,7 @@ class Room:
         self.members: Dict[str, Set[Member]] = {ROOM: set()}
         self.streams = Streams(
             lambda room: self.members.get(room, set()),  # type: ignore[arg-type,return-value]
-            self.offer,
         )
-
-    @staticmethod
-    def offer(member: Member, frame: bytes) -> bool:  # type: ignore[override]
-        if member.closed is not None:  # as a connection that started closing
-            return False
-        member.frames.append(frame)
-        return True
 
     def join(self, member: Member, epoch: str = "", last: int = 0) -> None:
         self.streams.start_catching_up(member, ROOM, epoch, last)  # type: ignore[arg-type]
