@@ -36,6 +36,7 @@ from typing import (
     Callable,
     Dict,
     FrozenSet,
+    Hashable,
     Iterator,
     List,
     Optional,
@@ -48,6 +49,7 @@ from typing import (
 
 from . import transport
 from .close_codes import CloseCode
+from .compression import Deflater, DeflateSettings
 from .concurrency.base import Backend, Event, Timer, Wakeup, Watcher
 from .exceptions import ConnectionClosedOK
 from .history import Position, Recovery
@@ -104,6 +106,8 @@ class ConnectionOptions:
     #: ``(messages per second, burst)`` a client may send (``None``: no limit),
     #: see :mod:`flask_websocket.ratelimit`.
     rate_limit: Optional[Tuple[float, int]] = None
+    #: permessage-deflate's settings when the route may compress (``None``: off).
+    compression: Optional[DeflateSettings] = None
 
 
 class WebSocketConnection:
@@ -127,6 +131,7 @@ class WebSocketConnection:
         "_backlogged",
         "_close_timer",
         "_closed_event",
+        "_deflater",
         "_drained",
         "_id",
         "_inbox",
@@ -134,6 +139,7 @@ class WebSocketConnection:
         "_keepalive",
         "_opener",
         "_options",
+        "_plain",
         "_protocol",
         "_rate",
         "_read_paused",
@@ -164,6 +170,15 @@ class WebSocketConnection:
         self._user_id = user_id
         # fws.v1 (flask_websocket.wire): messages go out wrapped, with positions.
         self._wire = protocol.subprotocol == SUBPROTOCOL
+        # permessage-deflate, when the handshake agreed on it (see compression.py).
+        deflate = protocol.deflate if options.compression is not None else None
+        self._deflater: Optional[Deflater] = (
+            Deflater(deflate, options.compression.threshold, (self._wire,))
+            if deflate is not None and options.compression is not None
+            else None
+        )
+        # Messages go out as they are: neither wrapped (fws.v1) nor compressed.
+        self._plain = not self._wire and self._deflater is None
         self._since = since
         self._backend = backend
         self._options = options
@@ -429,7 +444,7 @@ class WebSocketConnection:
             ConnectionClosed: the connection is closed.
             TypeError: ``message`` is neither ``str`` nor bytes-like.
         """
-        if type(message) is str and not self._wire:  # the common case first: no tuple, no call
+        if type(message) is str and self._plain:  # the common case first: no tuple, no call
             self.send_frame(encode_frame(OP_TEXT, message.encode()))
         else:
             self.send_frame(self._encode(*encode_message(message)))
@@ -483,7 +498,30 @@ class WebSocketConnection:
     def _encode(self, opcode: int, payload: bytes) -> bytes:
         """The frame of one of this connection's own messages (wrapped for ``fws.v1``)."""
         if self._wire:
-            return encode_frame(OP_TEXT, plain_message(opcode, payload).encode())
+            opcode, payload = OP_TEXT, plain_message(opcode, payload).encode()
+        if self._deflater is not None:
+            return self._deflater.frame(opcode, payload)
+        return encode_frame(opcode, payload)
+
+    @property
+    def frame_kind(self) -> Optional[Hashable]:
+        """What this connection's frame of a broadcast depends on.
+
+        Connections of the same kind get the same bytes (see
+        :meth:`~flask_websocket.rooms.RoomRegistry.deliver`); ``None``: the
+        frame is this connection's alone (compressed with context takeover).
+        """
+        deflater = self._deflater
+        return self._wire if deflater is None else deflater.frame_kind
+
+    def message_frame(self, opcode: int, payload: bytes) -> bytes:
+        """The frame of a message already in this connection's format (``fws.v1`` wrapped).
+
+        Compressed when permessage-deflate was negotiated and the payload
+        reaches the threshold.
+        """
+        if self._deflater is not None:
+            return self._deflater.frame(opcode, payload)
         return encode_frame(opcode, payload)
 
     def offer_frame(self, frame: bytes) -> bool:

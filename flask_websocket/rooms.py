@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import TYPE_CHECKING, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Dict, Hashable, List, Optional, Set
 
 from .exceptions import SendQueueFull
 from .history import Position, Recovery
@@ -25,7 +25,7 @@ from .hubs.base import (
     new_node_id,
     parse_close_payload,
 )
-from .protocol import OP_TEXT, encode_frame
+from .protocol import OP_TEXT
 from .streams import Streams
 from .wire import plain_message
 
@@ -176,15 +176,19 @@ class RoomRegistry:
                 if not (skip and connection.assigned_id == skip):
                     connection.close_nowait(code, reason)
             return len(recipients)
-        frames: Dict[bool, bytes] = {}  # framed once for all members (once more for fws.v1)
+        # Framed once for all members of a kind (fws.v1 or not, compressed
+        # alike or not); a kind of None is compressed for its connection alone.
+        frames: Dict[Hashable, bytes] = {}
         delivered = 0
         for connection in recipients:
             if skip and connection.assigned_id == skip:
                 continue
-            wire = connection.wire
-            frame = frames.get(wire)
+            kind = connection.frame_kind
+            frame = frames.get(kind)
             if frame is None:
-                frame = frames[wire] = _frame(envelope, wire)
+                frame = _frame(envelope, connection)
+                if kind is not None:
+                    frames[kind] = frame
             delivered += self._offer(connection, frame)
         return delivered
 
@@ -201,8 +205,9 @@ class RoomRegistry:
             return False
 
 
-def _frame(envelope: Envelope, wire: bool) -> bytes:
+def _frame(envelope: Envelope, connection: WebSocketConnection) -> bytes:
     """The frame of a message outside any stream: as is, or wrapped for ``fws.v1``."""
-    if not wire:
-        return encode_frame(envelope.opcode, envelope.payload)
-    return encode_frame(OP_TEXT, plain_message(envelope.opcode, envelope.payload).encode())
+    if not connection.wire:
+        return connection.message_frame(envelope.opcode, envelope.payload)
+    text = plain_message(envelope.opcode, envelope.payload)
+    return connection.message_frame(OP_TEXT, text.encode())

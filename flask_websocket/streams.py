@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Callable, Dict, Hashable, List, Optional, Set
 
 from .history import Entry, Position, Recovery
 from .hubs.base import Envelope
-from .protocol import OP_TEXT, encode_frame
+from .protocol import OP_TEXT
 from .wire import joined_message, stream_message
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -141,7 +141,7 @@ class Streams:
             stream.gap_timer = None
 
     def _to_members(self, room: str, stream: RoomStream, envelope: Envelope) -> None:
-        frames: Dict[bool, bytes] = {}
+        frames: Dict[Hashable, bytes] = {}
         skip = envelope.skip
         for connection in list(self._members_of(room)):
             if skip and connection.assigned_id == skip:
@@ -156,10 +156,12 @@ class Streams:
                     if envelope.offset <= floor:
                         continue  # it had this one from the store
                     del stream.floor[connection]
-            wire = connection.wire
-            frame = frames.get(wire)
+            kind = connection.frame_kind  # None: compressed for it alone
+            frame = frames.get(kind)
             if frame is None:
-                frame = frames[wire] = _frame(room, envelope, wire)
+                frame = _frame(room, envelope, connection)
+                if kind is not None:
+                    frames[kind] = frame
             self._offer(connection, frame)
 
     # -- joins -----------------------------------------------------------------
@@ -202,16 +204,16 @@ class Streams:
         if wire:
             position = Position(recovery.epoch, recovery.offset)
             text = joined_message(room, position, recovery.recovered)
-            frames.append(encode_frame(OP_TEXT, text.encode()))
+            frames.append(connection.message_frame(OP_TEXT, text.encode()))
         for entry in recovery.entries:
             envelope = Envelope(
                 1, entry.opcode, entry.payload, room, epoch=recovery.epoch, offset=entry.offset
             )
-            frames.append(_frame(room, envelope, wire))
+            frames.append(_frame(room, envelope, connection))
         has = recovery.offset  # the store's last: what the connection is at now
         for envelope in waited:
             if envelope.epoch == recovery.epoch and envelope.offset > has:
-                frames.append(_frame(room, envelope, wire))
+                frames.append(_frame(room, envelope, connection))
                 has = envelope.offset
         if has > stream.last:
             stream.floor[connection] = has
@@ -235,10 +237,11 @@ class Streams:
             del self.rooms[room]
 
 
-def _frame(room: str, envelope: Envelope, wire: bool) -> bytes:
-    if not wire:
-        return encode_frame(envelope.opcode, envelope.payload)
+def _frame(room: str, envelope: Envelope, connection: WebSocketConnection) -> bytes:
+    """The frame of a stream's message for ``connection`` (wrapped, compressed, as it needs)."""
+    if not connection.wire:
+        return connection.message_frame(envelope.opcode, envelope.payload)
     position = Position(envelope.epoch, envelope.offset)
     text = stream_message(room, position, envelope.opcode, envelope.payload)
-    return encode_frame(OP_TEXT, text.encode())
+    return connection.message_frame(OP_TEXT, text.encode())
 

@@ -34,6 +34,13 @@ BAD_VALUES = [
     ("WEBSOCKET_RATE_LIMIT", (0, 5)),
     ("WEBSOCKET_RATE_LIMIT", (10, 2.5)),
     ("WEBSOCKET_RATE_LIMIT", (10, 20, 30)),
+    ("WEBSOCKET_COMPRESSION", "deflate"),
+    ("WEBSOCKET_COMPRESSION", True),
+    ("WEBSOCKET_COMPRESSION_OPTIONS", {"server_max_window_bits": 8}),
+    ("WEBSOCKET_COMPRESSION_OPTIONS", {"memLevel": 9}),
+    ("WEBSOCKET_COMPRESSION_OPTIONS", {"client_no_context_takeover": "yes"}),
+    ("WEBSOCKET_COMPRESSION_THRESHOLD", -1),
+    ("WEBSOCKET_COMPRESSION_THRESHOLD", 1.5),
 ]
 
 

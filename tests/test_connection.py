@@ -275,6 +275,7 @@ _CALLS: Dict[str, Tuple[Any, ...]] = {
     "finish": (),
     "join": ("room",),
     "leave": ("room",),
+    "message_frame": (1, b"text"),
     "offer_frame": (b"\x81\x00",),
     "receive": (0.0,),
     "recv": (0.0,),
