@@ -32,13 +32,16 @@ from __future__ import annotations
 import functools
 import zlib
 from dataclasses import dataclass
-from typing import Any, Dict, Hashable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
+from websockets.exceptions import NegotiationError
+from websockets.extensions.base import Extension
 from websockets.extensions.permessage_deflate import (
     PerMessageDeflate,
     ServerPerMessageDeflateFactory,
 )
 from websockets.frames import Frame, Opcode
+from websockets.typing import ExtensionParameter
 
 from .protocol import encode_frame
 
@@ -123,10 +126,26 @@ class DeflateSettings:
         return _factory(self)
 
 
+class _Factory(ServerPerMessageDeflateFactory):
+    """websockets' negotiator, declining a server window of 8 bits on every version.
+
+    zlib cannot compress with a window of 8 bits (websockets 17 declines it
+    itself; 15.0.1 accepted it, and the first message would have failed).
+    """
+
+    def process_request_params(
+        self, params: Sequence[ExtensionParameter], accepted_extensions: Sequence[Extension]
+    ) -> Tuple[List[ExtensionParameter], PerMessageDeflate]:
+        response, extension = super().process_request_params(params, accepted_extensions)
+        if extension.local_max_window_bits < 9:
+            raise NegotiationError("unsupported server_max_window_bits = 8, use 9")
+        return response, extension
+
+
 @functools.lru_cache(maxsize=32)
 def _factory(settings: DeflateSettings) -> ServerPerMessageDeflateFactory:
     self = settings
-    return ServerPerMessageDeflateFactory(
+    return _Factory(
         server_no_context_takeover=self.server_no_context_takeover,
         client_no_context_takeover=self.client_no_context_takeover,
         server_max_window_bits=self.server_max_window_bits,

@@ -11,7 +11,7 @@ from flask import Flask
 from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.frames import Frame, Opcode
 
-from flask_websocket import WebSocket
+from flask_websocket import WebSocket, compression
 from flask_websocket.compression import (
     DEFLATE_OPTION_DEFAULTS,
     Deflater,
@@ -19,7 +19,9 @@ from flask_websocket.compression import (
     compress_alone,
     deflate_options_problem,
 )
-from flask_websocket.protocol import OP_BINARY, OP_TEXT, ServerProtocol
+from flask_websocket.hubs.base import KIND_ALL, Envelope
+from flask_websocket.protocol import OP_BINARY, OP_TEXT, ServerProtocol, encode_frame
+from flask_websocket.rooms import RoomRegistry
 from flask_websocket.testing import WebSocketTestClient
 from tests.test_protocol import client_frame, close_code_sent, handshake_headers
 
@@ -421,3 +423,66 @@ def test_a_bad_compression_on_a_route_is_refused_at_once() -> None:
     websocket = WebSocket(Flask(__name__))
     with pytest.raises(ValueError, match=r"compression of '/x' is 'gzip': use"):
         websocket.route("/x", compression="gzip")
+
+
+# -- broadcast: compressed once per kind of member ------------------------------
+
+
+class Member:
+    """What RoomRegistry.deliver uses of a connection, with a real Deflater."""
+
+    def __init__(self, registry: RoomRegistry, deflater: Optional[Deflater]) -> None:
+        self.wire = False
+        self.user_id = None
+        self.assigned_id = None
+        self.rooms: frozenset = frozenset()
+        self.deflater = deflater
+        self.frames: List[bytes] = []
+        registry.add(self)  # type: ignore[arg-type]
+
+    @property
+    def frame_kind(self) -> Any:
+        return self.deflater.frame_kind if self.deflater is not None else False
+
+    def message_frame(self, opcode: int, payload: bytes) -> bytes:
+        if self.deflater is not None:
+            return self.deflater.frame(opcode, payload)
+        return encode_frame(opcode, payload)
+
+    def offer_frame(self, frame: bytes) -> bool:
+        self.frames.append(frame)
+        return True
+
+
+def test_a_broadcast_is_compressed_once_per_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: List[int] = []
+    real = compression.compress_alone
+
+    def counting(payload: bytes, bits: int) -> bytes:
+        calls.append(bits)
+        return real(payload, bits)
+
+    monkeypatch.setattr(compression, "compress_alone", counting)
+    takeover = DeflateSettings(server_no_context_takeover=False)
+    registry = RoomRegistry()
+    alone = [Member(registry, deflater_for("permessage-deflate")) for _ in range(50)]
+    small_window = [
+        Member(registry, deflater_for("permessage-deflate; server_max_window_bits=10"))
+        for _ in range(20)
+    ]
+    own = [
+        Member(registry, deflater_for("permessage-deflate", settings=takeover)) for _ in range(3)
+    ]
+    plain = [Member(registry, None) for _ in range(10)]
+    payload = b'{"text": "hello to all of you"}' * 10
+    assert registry.deliver(Envelope(KIND_ALL, OP_TEXT, payload)) == 83
+    assert sorted(calls) == [10, 15]  # once per window, whatever the number of members
+    for group in (alone, small_window, plain):
+        assert len({id(member.frames[0]) for member in group}) == 1  # the same bytes object
+    assert len({id(member.frames[0]) for member in own}) == 3  # each its own compressor
+    for member in alone + small_window + own:
+        (frame,) = parse_server_frames(member.frames)
+        bits = 10 if member in small_window else 15
+        assert frame.rsv1 and inflate(client_inflater(bits=bits), frame) == payload
+    (frame,) = parse_server_frames(plain[0].frames)
+    assert not frame.rsv1 and frame.data == payload
