@@ -196,6 +196,21 @@ def check_config(config: Mapping[str, Any]) -> None:
         problem = check(value)
         if problem is not None:
             raise ConfigurationError(f"{key} is {value!r}: use {problem}", key=key)
+    # With context takeover each compressed message depends on the ones before
+    # it: one compressed and then not sent would corrupt every later one.
+    options = config.get("WEBSOCKET_COMPRESSION_OPTIONS") or {}
+    overflow = config.get("WEBSOCKET_SEND_QUEUE_OVERFLOW", CONFIG_DEFAULTS[_OVERFLOW])
+    if options.get("server_no_context_takeover", True) is False and overflow != "disconnect":
+        raise ConfigurationError(
+            f"WEBSOCKET_COMPRESSION_OPTIONS has server_no_context_takeover False, and "
+            f"WEBSOCKET_SEND_QUEUE_OVERFLOW is {overflow!r}: with context takeover a message "
+            f"dropped from the send queue would corrupt every later one; use the "
+            f"'disconnect' policy, or keep server_no_context_takeover True",
+            key="WEBSOCKET_COMPRESSION_OPTIONS",
+        )
+
+
+_OVERFLOW = "WEBSOCKET_SEND_QUEUE_OVERFLOW"
 
 
 def option_error(hub: str, option: str, value: Any, expected: str) -> ConfigurationError:
