@@ -397,8 +397,11 @@ OFFER = {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits
         ({"WEBSOCKET_COMPRESSION": "permessage-deflate"}, "/off", False),
     ],
 )
-def test_the_route_overrides_the_app(config: Dict[str, Any], path: str, negotiated: bool) -> None:
-    client = WebSocketTestClient(compression_app(**config))
+@pytest.mark.parametrize("model", ["gevent", "threads"])
+def test_the_route_overrides_the_app(
+    config: Dict[str, Any], path: str, negotiated: bool, model: str
+) -> None:
+    client = WebSocketTestClient(compression_app(**config), model=model)
     with client.connect(path, headers=OFFER) as ws:
         assert ("permessage-deflate" in ws.headers.get(EXTENSIONS, "")) is negotiated
         ws.send("short")  # under the threshold: sent back uncompressed
