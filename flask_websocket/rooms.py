@@ -119,8 +119,8 @@ class RoomRegistry:
             return None
         recovery = hub.recover(room, since, limits)  # reads the store: may wait
         try:
-            for frame in self.streams.caught_up(connection, room, recovery):
-                connection.send_frame(frame)
+            for opcode, payload in self.streams.caught_up(connection, room, recovery):
+                connection.send_frame(connection.message_frame(opcode, payload))
         finally:
             self.streams.drain(room)  # what came early, to everyone, after the catch-up
         return recovery

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, Hashable, List, Optional, Set
+from typing import TYPE_CHECKING, Callable, Dict, Hashable, List, Optional, Set, Tuple
 
 from .history import Entry, Position, Recovery
 from .hubs.base import Envelope
@@ -180,9 +180,13 @@ class Streams:
 
     def caught_up(
         self, connection: WebSocketConnection, room: str, recovery: Recovery
-    ) -> List[bytes]:
-        """The frames ``connection`` gets now: the join's answer, what it missed, what waited.
+    ) -> List[Tuple[int, bytes]]:
+        """The messages ``connection`` gets now: the join's answer, what it missed, what waited.
 
+        ``(opcode, payload)`` each, in the connection's format (``fws.v1``
+        wrapped), not framed yet: the caller frames each as it sends it, so
+        that a connection compressing with context takeover compresses them
+        in the order they go out, whatever it is sent in between.
         ``recovery`` is what the store said when the connection joined.
         """
         stream = self.rooms.get(room)
@@ -200,24 +204,24 @@ class Streams:
             stream.epoch, stream.last = recovery.epoch, recovery.offset
             stream.pending = {e.offset: e for e in early if e.offset > recovery.offset}
         wire = connection.wire
-        frames: List[bytes] = []
+        messages: List[Tuple[int, bytes]] = []
         if wire:
             position = Position(recovery.epoch, recovery.offset)
             text = joined_message(room, position, recovery.recovered)
-            frames.append(connection.message_frame(OP_TEXT, text.encode()))
+            messages.append((OP_TEXT, text.encode()))
         for entry in recovery.entries:
             envelope = Envelope(
                 1, entry.opcode, entry.payload, room, epoch=recovery.epoch, offset=entry.offset
             )
-            frames.append(_frame(room, envelope, connection))
+            messages.append(_message(room, envelope, wire))
         has = recovery.offset  # the store's last: what the connection is at now
         for envelope in waited:
             if envelope.epoch == recovery.epoch and envelope.offset > has:
-                frames.append(_frame(room, envelope, connection))
+                messages.append(_message(room, envelope, wire))
                 has = envelope.offset
         if has > stream.last:
             stream.floor[connection] = has
-        return frames
+        return messages
 
     def drain(self, room: str) -> None:
         """Deliver what waits in ``room``'s stream (after a member caught up)."""
@@ -239,9 +243,13 @@ class Streams:
 
 def _frame(room: str, envelope: Envelope, connection: WebSocketConnection) -> bytes:
     """The frame of a stream's message for ``connection`` (wrapped, compressed, as it needs)."""
-    if not connection.wire:
-        return connection.message_frame(envelope.opcode, envelope.payload)
+    return connection.message_frame(*_message(room, envelope, connection.wire))
+
+
+def _message(room: str, envelope: Envelope, wire: bool) -> Tuple[int, bytes]:
+    """A stream's message as is, or wrapped with its position for ``fws.v1``."""
+    if not wire:
+        return envelope.opcode, envelope.payload
     position = Position(envelope.epoch, envelope.offset)
-    text = stream_message(room, position, envelope.opcode, envelope.payload)
-    return connection.message_frame(OP_TEXT, text.encode())
+    return OP_TEXT, stream_message(room, position, envelope.opcode, envelope.payload).encode()
 
