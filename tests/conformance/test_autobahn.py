@@ -19,10 +19,10 @@ per suite (:data:`SUITES`):
   under ``--http``, whose router only passes the bytes on to the same
   worker code, the two smallest sizes of each group and its largest
   fragmented one (:data:`DEFLATE_SUBSET`), unless
-  ``AUTOBAHN_DEFLATE_FULL=1``. The whole set takes about 25 minutes per
-  front end (35 on a loaded 2-core machine), nearly all of it in the
-  cases of 1000 messages of 64 and 128 KiB, where wstest (Python 2) is
-  the bottleneck, not the server; the subset about 5.
+  ``AUTOBAHN_DEFLATE_FULL=1``. The whole set took 32 minutes on the
+  shared 2-core development machine (wstest used 20 minutes of CPU),
+  nearly all of it in the cases of 1000 messages of 8 to 128 KiB, where
+  wstest (Python 2) is the bottleneck, not the server; the subset about 5.
 
 A one-line summary is printed (see it with ``pytest -s``) and written, with the
 details of every case that is not OK, to ``reports/autobahn-<mode>.txt``; the
