@@ -10,6 +10,8 @@ or with uWSGI directly::
           --master --need-app --die-on-term
 
 then open ``ws://127.0.0.1:8080/echo``. ``GET /`` shows a page that talks to it.
+``/echo-compressed`` is the same echo with permessage-deflate, for the
+clients that offer it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ def echo(ws: WebSocketConnection) -> None:
     while True:
         message = ws.receive()
         ws.send(message)  # type: ignore[arg-type]
+
+
+@websocket.route("/echo-compressed", compression="permessage-deflate")
+def echo_compressed(ws: WebSocketConnection) -> None:
+    """The same echo, compressed (permessage-deflate) when the client offers it."""
+    for message in ws:
+        ws.send(message)
 
 
 @app.get("/")

@@ -37,6 +37,13 @@ internal                                    what for
                                             pure-Python twin where the C one is missing)
 ``Protocol.recv_frame`` for a final data    fast path: skipping the parser for such a frame
 frame only appends it to ``events``         skips nothing else
+``Protocol.extensions``                     the permessage-deflate extension ``accept()``
+                                            negotiated (its class and its ``encode`` /
+                                            ``decode`` are public; where it lives is not)
+``PerMessageDeflate.local_no_context_       which compressor the server's messages need: the
+takeover``, ``local_max_window_bits``,      process's (no context) or the connection's; a
+``decode_cont_data``                        fragmented message being inflated (the fast path
+                                            must not check its compressed bytes as UTF-8)
 ==========================================  ===================================================
 
 Every row was checked on websockets 15.0.1 and 17.4, the ends of the range
@@ -78,9 +85,14 @@ import copy
 import dataclasses
 import logging
 import uuid
+import zlib
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from websockets.datastructures import Headers
+from websockets.extensions.permessage_deflate import (
+    PerMessageDeflate,
+    ServerPerMessageDeflateFactory,
+)
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import Protocol, Side, State
@@ -102,6 +114,7 @@ __all__ = [
     "ValidatingServerProtocol",
     "apply_mask",
     "check",
+    "negotiated_deflate",
     "open_client_protocol",
     "restart_parser",
 ]
@@ -177,26 +190,56 @@ class ValidatingServerProtocol(_Names17, ServerProtocol):
 
     #: Checks a fragmented text message as it arrives (its output is unused).
     text_decoder: Optional[codecs.IncrementalDecoder] = None
+    #: True inside a fragmented message that is compressed (permessage-deflate).
+    compressed_fragments = False
 
     def recv_frame(self, frame: Frame) -> None:
         opcode = frame.opcode
         # (A text or continuation frame out of place is websockets' to
-        # reject as a protocol error, so only frames in place are decoded.)
+        # reject as a protocol error, so only frames in place are decoded.
+        # Compressed frames come here inflated: text is checked as text.)
         if opcode is Opcode.TEXT and self.current_size is None:
             if frame.fin:
                 bytes(frame.data).decode()  # raises UnicodeDecodeError: 1007
             else:
                 self.text_decoder = _utf8_decoder()
                 self.text_decoder.decode(frame.data)
+                if self.extensions:
+                    self.compressed_fragments = _inflating(self)
         elif opcode is Opcode.CONT and self.current_size is not None:
             if self.text_decoder is not None:
                 self.text_decoder.decode(frame.data, frame.fin)
                 if frame.fin:
                     self.text_decoder = None
+            if frame.fin:
+                self.compressed_fragments = False
+        elif opcode is Opcode.BINARY and not frame.fin and self.extensions:
+            self.compressed_fragments = _inflating(self)
         elif opcode is Opcode.CLOSE:
             self.current_size = None
             self.text_decoder = None
+            self.compressed_fragments = False
         Protocol.recv_frame(self, frame)
+
+
+def _inflating(ws: Protocol) -> bool:
+    """True when the fragmented message just begun is compressed.
+
+    ``PerMessageDeflate.decode_cont_data`` (15.0.1, 17.4): set by the first
+    frame of a compressed fragmented message, before ``recv_frame`` sees it.
+    """
+    return any(getattr(extension, "decode_cont_data", False) for extension in ws.extensions)
+
+
+def negotiated_deflate(ws: Protocol) -> Optional[PerMessageDeflate]:
+    """The permessage-deflate extension the handshake agreed on, if any.
+
+    ``Protocol.extensions``: set by ``ServerProtocol.accept()`` (15.0.1, 17.4).
+    """
+    for extension in ws.extensions:
+        if isinstance(extension, PerMessageDeflate):
+            return extension
+    return None
 
 
 class _ClientProtocol(_Names17, Protocol):
@@ -314,8 +357,11 @@ class ProtocolState:
         (``getstate()`` of :class:`ValidatingServerProtocol`'s decoder, ours,
         not websockets'.) ``None`` outside a fragmented text message.
         """
-        decoder: Optional[codecs.IncrementalDecoder] = getattr(self._ws, "text_decoder", None)
-        return None if decoder is None else decoder.getstate()
+        ws = self._ws
+        decoder: Optional[codecs.IncrementalDecoder] = getattr(ws, "text_decoder", None)
+        if decoder is None or getattr(ws, "compressed_fragments", False):
+            return None  # (the bytes of a compressed message are not its text)
+        return decoder.getstate()
 
 
 # -- the check -----------------------------------------------------------------
@@ -337,9 +383,11 @@ def _open_server(
     max_size: Optional[int] = 2**20,
     subprotocols: Optional[List[str]] = None,
     extra: Optional[Dict[str, str]] = None,
+    extensions: Optional[List[ServerPerMessageDeflateFactory]] = None,
 ) -> ValidatingServerProtocol:
     ws = ValidatingServerProtocol(
         subprotocols=subprotocols,  # type: ignore[arg-type]
+        extensions=extensions,
         max_size=max_size,
         logger=_check_logger,
     )
@@ -476,6 +524,40 @@ def _check_apply_mask() -> None:
     assert type(masked) is bytes, "apply_mask does not return bytes"
 
 
+def _check_deflate() -> None:
+    factory = ServerPerMessageDeflateFactory(
+        server_no_context_takeover=True, client_no_context_takeover=True
+    )
+    plain = _open_server()
+    assert negotiated_deflate(plain) is None, "deflate negotiated without being configured"
+    ws = _open_server(
+        max_size=1000,
+        extensions=[factory],
+        extra={"Sec-WebSocket-Extensions": "permessage-deflate; server_max_window_bits=10"},
+    )
+    deflate = negotiated_deflate(ws)
+    assert deflate is not None, "Protocol.extensions does not hold the negotiated deflate"
+    assert deflate.local_no_context_takeover is True, "local_no_context_takeover is not set"
+    assert deflate.local_max_window_bits == 10, "local_max_window_bits is not the one agreed"
+    compressor = zlib.compressobj(wbits=-15)
+    data = compressor.compress(b"x" * 600) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    first, rest = data[:4], data[4:-4]
+    ws.receive_data(_client_frame(0x41, first, fin=False))  # RSV1 + text, not final
+    assert getattr(deflate, "decode_cont_data", None) is True, "decode_cont_data is not set"
+    assert ws.compressed_fragments, "a compressed fragmented message is not seen as such"
+    assert ProtocolState(ws).text_fragments_state() is None, "compressed bytes would be decoded"
+    ws.receive_data(_client_frame(0x0, rest))
+    texts = [bytes(e.data) for e in ws.events_received() if isinstance(e, Frame)]
+    assert b"".join(texts) == b"x" * 600, "a compressed message is not inflated"
+    assert not ws.compressed_fragments, "compressed_fragments outlives its message"
+    bomb = zlib.compressobj(wbits=-15)
+    data = bomb.compress(b"\0" * 100_000) + bomb.flush(zlib.Z_SYNC_FLUSH)
+    ws.receive_data(_client_frame(0x42, data[:-4]))
+    assert ws.close_sent is not None and ws.close_sent.code == 1009, (
+        "a message inflating past max_size does not close with 1009"
+    )
+
+
 def _check_client_protocol() -> None:
     ws = open_client_protocol(None, _check_logger)
     assert ws._state is _OPEN and ws.current_size is None and ws.max_message_size is None, (
@@ -493,6 +575,7 @@ _CHECKS: Tuple[Tuple[str, Callable[[], None]], ...] = (
     ("close_rcvd and close_sent", _check_close_frames),
     ("ServerProtocol.subprotocol", _check_subprotocol),
     ("apply_mask", _check_apply_mask),
+    ("permessage-deflate", _check_deflate),
     ("client protocol", _check_client_protocol),
 )
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any, Callable, Dict, Optional
 from urllib.parse import urlsplit
 
+from .compression import COMPRESSION_METHODS, deflate_options_problem
 from .exceptions import ConfigurationError
 from .sendqueue import OVERFLOW_POLICIES
 
@@ -23,6 +24,7 @@ __all__ = [
     "HUB_SCHEMES",
     "OVERFLOW_POLICIES",
     "check_config",
+    "compression_problem",
     "option_error",
     "rate_limit_problem",
 ]
@@ -43,6 +45,9 @@ CONFIG_DEFAULTS: Dict[str, Any] = {
     "WEBSOCKET_MAX_CONNECTIONS_PER_IP": None,
     "WEBSOCKET_HISTORY": {},
     "WEBSOCKET_RATE_LIMIT": None,
+    "WEBSOCKET_COMPRESSION": None,
+    "WEBSOCKET_COMPRESSION_OPTIONS": {},
+    "WEBSOCKET_COMPRESSION_THRESHOLD": 128,
 }
 
 #: URL schemes of ``WEBSOCKET_HUB_URL``.
@@ -113,6 +118,19 @@ def rate_limit_problem(value: Any) -> Optional[str]:
     return None
 
 
+def compression_problem(value: Any) -> Optional[str]:
+    """What is wrong with ``WEBSOCKET_COMPRESSION`` (or a route's ``compression``), if anything."""
+    if value not in COMPRESSION_METHODS:
+        return '"permessage-deflate", or None for no compression'
+    return None
+
+
+def _non_negative_int(value: Any) -> Optional[str]:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return "a whole number of bytes, 0 or more"
+    return None
+
+
 def _overflow(value: Any) -> Optional[str]:
     if value not in OVERFLOW_POLICIES:
         return "one of " + ", ".join(repr(policy) for policy in OVERFLOW_POLICIES)
@@ -165,6 +183,9 @@ _CHECKS: Dict[str, Callable[[Any], Optional[str]]] = {
     "WEBSOCKET_MAX_CONNECTIONS_PER_IP": _optional_positive_int,
     "WEBSOCKET_HISTORY": _history,
     "WEBSOCKET_RATE_LIMIT": rate_limit_problem,
+    "WEBSOCKET_COMPRESSION": compression_problem,
+    "WEBSOCKET_COMPRESSION_OPTIONS": deflate_options_problem,
+    "WEBSOCKET_COMPRESSION_THRESHOLD": _non_negative_int,
 }
 
 
@@ -175,6 +196,21 @@ def check_config(config: Mapping[str, Any]) -> None:
         problem = check(value)
         if problem is not None:
             raise ConfigurationError(f"{key} is {value!r}: use {problem}", key=key)
+    # With context takeover each compressed message depends on the ones before
+    # it: one compressed and then not sent would corrupt every later one.
+    options = config.get("WEBSOCKET_COMPRESSION_OPTIONS") or {}
+    overflow = config.get("WEBSOCKET_SEND_QUEUE_OVERFLOW", CONFIG_DEFAULTS[_OVERFLOW])
+    if options.get("server_no_context_takeover", True) is False and overflow != "disconnect":
+        raise ConfigurationError(
+            f"WEBSOCKET_COMPRESSION_OPTIONS has server_no_context_takeover False, and "
+            f"WEBSOCKET_SEND_QUEUE_OVERFLOW is {overflow!r}: with context takeover a message "
+            f"dropped from the send queue would corrupt every later one; use the "
+            f"'disconnect' policy, or keep server_no_context_takeover True",
+            key="WEBSOCKET_COMPRESSION_OPTIONS",
+        )
+
+
+_OVERFLOW = "WEBSOCKET_SEND_QUEUE_OVERFLOW"
 
 
 def option_error(hub: str, option: str, value: Any, expected: str) -> ConfigurationError:

@@ -36,6 +36,7 @@ from typing import (
     Callable,
     Dict,
     FrozenSet,
+    Hashable,
     Iterator,
     List,
     Optional,
@@ -48,6 +49,7 @@ from typing import (
 
 from . import transport
 from .close_codes import CloseCode
+from .compression import Deflater, DeflateSettings
 from .concurrency.base import Backend, Event, Timer, Wakeup, Watcher
 from .exceptions import ConnectionClosedOK
 from .history import Position, Recovery
@@ -104,6 +106,8 @@ class ConnectionOptions:
     #: ``(messages per second, burst)`` a client may send (``None``: no limit),
     #: see :mod:`flask_websocket.ratelimit`.
     rate_limit: Optional[Tuple[float, int]] = None
+    #: permessage-deflate's settings when the route may compress (``None``: off).
+    compression: Optional[DeflateSettings] = None
 
 
 class WebSocketConnection:
@@ -127,6 +131,7 @@ class WebSocketConnection:
         "_backlogged",
         "_close_timer",
         "_closed_event",
+        "_deflater",
         "_drained",
         "_id",
         "_inbox",
@@ -134,6 +139,7 @@ class WebSocketConnection:
         "_keepalive",
         "_opener",
         "_options",
+        "_plain",
         "_protocol",
         "_rate",
         "_read_paused",
@@ -147,6 +153,7 @@ class WebSocketConnection:
         "_torn_down",
         "_user_id",
         "_writer",
+        "frame_kind",
         "subprotocol",
         "wire",
     )
@@ -167,6 +174,23 @@ class WebSocketConnection:
         #: messages go out wrapped, with positions. A plain attribute, read once
         #: per member by every broadcast.
         self.wire: bool = protocol.subprotocol == SUBPROTOCOL
+        # permessage-deflate, when the handshake agreed on it (see compression.py).
+        deflate = protocol.deflate if options.compression is not None else None
+        self._deflater: Optional[Deflater] = (
+            Deflater(deflate, options.compression.threshold, (self.wire,))
+            if deflate is not None and options.compression is not None
+            else None
+        )
+        # Messages go out as they are: neither wrapped (fws.v1) nor compressed.
+        self._plain = not self.wire and self._deflater is None
+        #: What this connection's frame of a broadcast depends on: connections
+        #: of the same kind get the same bytes (see RoomRegistry.deliver). The
+        #: wire flag when nothing is compressed; ``None``: the frame is this
+        #: connection's alone (compressed with context takeover). A plain
+        #: attribute, read once per member by every broadcast.
+        self.frame_kind: Optional[Hashable] = (
+            self.wire if self._deflater is None else self._deflater.frame_kind
+        )
         self._since = since
         self._backend = backend
         self._options = options
@@ -432,7 +456,7 @@ class WebSocketConnection:
             ConnectionClosed: the connection is closed.
             TypeError: ``message`` is neither ``str`` nor bytes-like.
         """
-        if type(message) is str and not self.wire:  # the common case first: no tuple, no call
+        if type(message) is str and self._plain:  # the common case first: no tuple, no call
             self.send_frame(encode_frame(OP_TEXT, message.encode()))
         else:
             self.send_frame(self._encode(*encode_message(message)))
@@ -486,7 +510,19 @@ class WebSocketConnection:
     def _encode(self, opcode: int, payload: bytes) -> bytes:
         """The frame of one of this connection's own messages (wrapped for ``fws.v1``)."""
         if self.wire:
-            return encode_frame(OP_TEXT, plain_message(opcode, payload).encode())
+            opcode, payload = OP_TEXT, plain_message(opcode, payload).encode()
+        if self._deflater is not None:
+            return self._deflater.frame(opcode, payload)
+        return encode_frame(opcode, payload)
+
+    def message_frame(self, opcode: int, payload: bytes) -> bytes:
+        """The frame of a message already in this connection's format (``fws.v1`` wrapped).
+
+        Compressed when permessage-deflate was negotiated and the payload
+        reaches the threshold.
+        """
+        if self._deflater is not None:
+            return self._deflater.frame(opcode, payload)
         return encode_frame(opcode, payload)
 
     def offer_frame(self, frame: bytes) -> bool:
@@ -1027,6 +1063,8 @@ UNGUARDED = {
     "subprotocol": "a plain attribute, set in __init__ before any other task sees the "
     "connection, never changed",
     "wire": "a plain attribute, set in __init__ before any other task sees the "
+    "connection, never changed",
+    "frame_kind": "a plain attribute, set in __init__ before any other task sees the "
     "connection, never changed",
 }
 

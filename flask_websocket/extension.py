@@ -28,10 +28,11 @@ from werkzeug.exceptions import BadRequest, HTTPException
 from . import transport, wire
 from .admission import RETRY_AFTER, Admission, default_limit
 from .close_codes import CloseCode
+from .compression import DeflateSettings
 from .concurrency import backend_class, backend_for_server
 from .concurrency.base import Backend
 from .concurrency.blocking import thread_rlock
-from .config import CONFIG_DEFAULTS, check_config, rate_limit_problem
+from .config import CONFIG_DEFAULTS, check_config, compression_problem, rate_limit_problem
 from .connection import (
     ConnectionOptions,
     GuardedConnection,
@@ -105,6 +106,7 @@ class _Route:
     subprotocols: Optional[Sequence[str]]
     max_message_size: Any  # int, None (no limit) or _DEFAULT
     rate_limit: Any  # (rate, burst), None (no limit) or _DEFAULT
+    compression: Any  # "permessage-deflate", None (off) or _DEFAULT
     blueprint: Optional[Blueprint]
     options: Dict[str, Any]
 
@@ -419,6 +421,7 @@ class WebSocket:
         subprotocols: Optional[Sequence[str]] = None,
         max_message_size: Any = _DEFAULT,
         rate_limit: Any = _DEFAULT,
+        compression: Any = _DEFAULT,
         blueprint: Optional[Blueprint] = None,
         **options: Any,
     ) -> Callable[[H], H]:
@@ -441,16 +444,24 @@ class WebSocket:
             rate_limit: override ``WEBSOCKET_RATE_LIMIT`` for this route:
                 ``(messages per second, burst)`` a client may send, or ``None``
                 for no limit.
+            compression: override ``WEBSOCKET_COMPRESSION`` for this route:
+                ``"permessage-deflate"`` to compress when the client offers
+                it, ``None`` for no compression.
             blueprint: register the route on this blueprint instead of the app.
             options: passed on to :class:`werkzeug.routing.Rule`.
 
         Raises:
-            ValueError: ``rate_limit`` is not a ``(rate, burst)`` pair.
+            ValueError: ``rate_limit`` is not a ``(rate, burst)`` pair, or
+                ``compression`` not one of its values.
         """
         if rate_limit is not _DEFAULT:
             problem = rate_limit_problem(rate_limit)
             if problem is not None:
                 raise ValueError(f"rate_limit of {rule!r} is {rate_limit!r}: use {problem}")
+        if compression is not _DEFAULT:
+            problem = compression_problem(compression)
+            if problem is not None:
+                raise ValueError(f"compression of {rule!r} is {compression!r}: use {problem}")
 
         def decorator(handler: H) -> H:
             route = _Route(
@@ -460,6 +471,7 @@ class WebSocket:
                 subprotocols=list(subprotocols) if subprotocols is not None else None,
                 max_message_size=max_message_size,
                 rate_limit=rate_limit,
+                compression=compression,
                 blueprint=blueprint,
                 options=options,
             )
@@ -653,6 +665,14 @@ def _options_for(route: _Route, config: Any) -> ConnectionOptions:
     rate_limit = route.rate_limit
     if rate_limit is _DEFAULT:
         rate_limit = config["WEBSOCKET_RATE_LIMIT"]
+    compression = route.compression
+    if compression is _DEFAULT:
+        compression = config["WEBSOCKET_COMPRESSION"]
+    deflate = None
+    if compression is not None:
+        deflate = DeflateSettings.from_config(
+            config["WEBSOCKET_COMPRESSION_OPTIONS"], config["WEBSOCKET_COMPRESSION_THRESHOLD"]
+        )
     return ConnectionOptions(
         max_message_size=max_size,
         ping_interval=config["WEBSOCKET_PING_INTERVAL"],
@@ -662,6 +682,7 @@ def _options_for(route: _Route, config: Any) -> ConnectionOptions:
         send_queue_size=config["WEBSOCKET_SEND_QUEUE_SIZE"],
         overflow=config["WEBSOCKET_SEND_QUEUE_OVERFLOW"],
         rate_limit=None if rate_limit is None else (float(rate_limit[0]), int(rate_limit[1])),
+        compression=deflate,
     )
 
 
@@ -707,7 +728,11 @@ def _open(route: _Route, state: _State, config: Any, environ: Dict[str, Any], me
     subprotocols = route.subprotocols
     if subprotocols is None and wire.SUBPROTOCOL in environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", ""):
         subprotocols = [wire.SUBPROTOCOL]  # a client that resumes (flask_websocket.wire)
-    protocol = ServerProtocol(max_message_size=options.max_message_size, subprotocols=subprotocols)
+    protocol = ServerProtocol(
+        max_message_size=options.max_message_size,
+        subprotocols=subprotocols,
+        deflate=options.compression.factory() if options.compression is not None else None,
+    )
     try:
         headers = request_headers_from_environ(environ)
         handshake = protocol.accept(method, environ.get("PATH_INFO", "/"), headers)

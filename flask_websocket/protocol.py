@@ -38,6 +38,10 @@ from typing import (
 )
 
 from websockets.datastructures import Headers
+from websockets.extensions.permessage_deflate import (
+    PerMessageDeflate,
+    ServerPerMessageDeflateFactory,
+)
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import Protocol as _WebsocketsProtocol
@@ -48,6 +52,7 @@ from ._websockets_internals import (
     ProtocolState,
     ValidatingServerProtocol,
     apply_mask,
+    negotiated_deflate,
     open_client_protocol,
     restart_parser,
 )
@@ -198,6 +203,8 @@ class _TrackedFrame:
         ``text_state``: inside a fragmented text message, the decoder's state
         after its last whole fragment (a continuation frame goes on from it).
         """
+        if first & 0x40:  # RSV1: compressed (permessage-deflate), checked once inflated
+            return
         opcode = first & 0x0F
         if opcode == OP_TEXT:
             self.decoder = _utf8_decoder()
@@ -562,15 +569,28 @@ class ServerProtocol(MessageProtocol):
         max_message_size: Optional[int] = 2**20,
         subprotocols: Optional[Sequence[str]] = None,
         origins: Optional[Sequence[Optional[str]]] = None,
+        deflate: Optional[ServerPerMessageDeflateFactory] = None,
         logger: Optional[logging.Logger] = None,
     ) -> None:
+        """``deflate``: negotiate permessage-deflate when the client offers it.
+
+        Compressed frames (RSV1) are then read by the websockets parser (the
+        fast path takes only frames without RSV bits), which inflates them
+        no further than ``max_message_size`` (1009 past it).
+        """
         server = ValidatingServerProtocol(
             origins=origins,  # type: ignore[arg-type]
             subprotocols=subprotocols,  # type: ignore[arg-type]
+            extensions=[deflate] if deflate is not None else None,
             max_size=max_message_size,
             logger=logger or _protocol_logger,
         )
         super().__init__(server, fast_path=True)
+
+    @property
+    def deflate(self) -> Optional[PerMessageDeflate]:
+        """The permessage-deflate extension negotiated, or ``None``."""
+        return negotiated_deflate(self._ws)
 
     # -- opening handshake -------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import TYPE_CHECKING, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Dict, Hashable, List, Optional, Set
 
 from .exceptions import SendQueueFull
 from .history import Position, Recovery
@@ -25,7 +25,7 @@ from .hubs.base import (
     new_node_id,
     parse_close_payload,
 )
-from .protocol import OP_TEXT, encode_frame
+from .protocol import OP_TEXT
 from .streams import Streams
 from .wire import plain_message
 
@@ -123,8 +123,8 @@ class RoomRegistry:
             # once more, so that the answer has its epoch (the stream exists now).
             recovery = hub.recover(room, since, limits)
         try:
-            for frame in self.streams.caught_up(connection, room, recovery):
-                connection.send_frame(frame)
+            for opcode, payload in self.streams.caught_up(connection, room, recovery):
+                connection.send_frame(connection.message_frame(opcode, payload))
         finally:
             self.streams.drain(room)  # what came early, to everyone, after the catch-up
         return recovery
@@ -180,22 +180,32 @@ class RoomRegistry:
                 if not (skip and connection.assigned_id == skip):
                     connection.close_nowait(code, reason)
             return len(recipients)
-        # Framed once for all members (once more for fws.v1); the loop is the
-        # hot path of every broadcast: one call per member.
+        # Framed once for all members of a kind: plain (False) or fws.v1 (True)
+        # on the hot path, other kinds (compressed alike) in a dict; a kind of
+        # None is compressed for its connection alone. One call per member.
         plain: Optional[bytes] = None
         wrapped: Optional[bytes] = None
+        frames: Dict[Hashable, bytes] = {}
         delivered = 0
         for connection in recipients:
             if skip and connection.assigned_id == skip:
                 continue
-            if connection.wire:
+            kind = connection.frame_kind
+            if kind is False:
+                if plain is None:
+                    plain = _frame(envelope, connection)
+                frame = plain
+            elif kind is True:
                 if wrapped is None:
-                    wrapped = _frame(envelope, True)
+                    wrapped = _frame(envelope, connection)
                 frame = wrapped
             else:
-                if plain is None:
-                    plain = _frame(envelope, False)
-                frame = plain
+                found = frames.get(kind) if kind is not None else None
+                if found is None:
+                    found = _frame(envelope, connection)
+                    if kind is not None:
+                        frames[kind] = found
+                frame = found
             try:
                 if connection.offer_frame(frame):
                     delivered += 1
@@ -212,8 +222,9 @@ class RoomRegistry:
         )
 
 
-def _frame(envelope: Envelope, wire: bool) -> bytes:
+def _frame(envelope: Envelope, connection: WebSocketConnection) -> bytes:
     """The frame of a message outside any stream: as is, or wrapped for ``fws.v1``."""
-    if not wire:
-        return encode_frame(envelope.opcode, envelope.payload)
-    return encode_frame(OP_TEXT, plain_message(envelope.opcode, envelope.payload).encode())
+    if not connection.wire:
+        return connection.message_frame(envelope.opcode, envelope.payload)
+    text = plain_message(envelope.opcode, envelope.payload)
+    return connection.message_frame(OP_TEXT, text.encode())

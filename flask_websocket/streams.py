@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Hashable, List, Optional, Set, Tuple
 
 from .exceptions import SendQueueFull
 from .history import Entry, Position, Recovery
 from .hubs.base import Envelope
-from .protocol import OP_TEXT, encode_frame
+from .protocol import OP_TEXT
 from .wire import joined_message, stream_message
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -258,10 +258,11 @@ class Streams:
 
     def _to_members(self, room: str, stream: RoomStream, envelope: Envelope) -> None:
         # The hot path of a broadcast into a room with history: framed once
-        # for raw members and once for fws.v1 ones (the envelope with the
-        # position is per message, not per member); one call per member.
+        # per kind of member (plain, fws.v1, compressed alike: the envelope
+        # with the position is per message, not per member); one call per member.
         plain: Optional[bytes] = None
         wrapped: Optional[bytes] = None
+        frames: Dict[Hashable, bytes] = {}
         skip = envelope.skip
         waiting_for = stream.waiting
         floors = stream.floor
@@ -279,14 +280,22 @@ class Streams:
                     if envelope.offset <= floor:
                         continue  # it had this one from the store
                     del floors[connection]
-            if connection.wire:
+            kind = connection.frame_kind
+            if kind is False:
+                if plain is None:
+                    plain = _frame(room, envelope, connection)
+                frame = plain
+            elif kind is True:
                 if wrapped is None:
-                    wrapped = _frame(room, envelope, True)
+                    wrapped = _frame(room, envelope, connection)
                 frame = wrapped
             else:
-                if plain is None:
-                    plain = _frame(room, envelope, False)
-                frame = plain
+                found = frames.get(kind) if kind is not None else None
+                if found is None:  # None: compressed for this connection alone
+                    found = _frame(room, envelope, connection)
+                    if kind is not None:
+                        frames[kind] = found
+                frame = found
             try:
                 connection.offer_frame(frame)
             except SendQueueFull:
@@ -312,9 +321,13 @@ class Streams:
 
     def caught_up(
         self, connection: WebSocketConnection, room: str, recovery: Recovery
-    ) -> List[bytes]:
-        """The frames ``connection`` gets now: the join's answer, what it missed, what waited.
+    ) -> List[Tuple[int, bytes]]:
+        """The messages ``connection`` gets now: the join's answer, what it missed, what waited.
 
+        ``(opcode, payload)`` each, in the connection's format (``fws.v1``
+        wrapped), not framed yet: the caller frames each as it sends it, so
+        that a connection compressing with context takeover compresses them
+        in the order they go out, whatever it is sent in between.
         ``recovery`` is what the store said when the connection joined.
         """
         stream = self.rooms.get(room)
@@ -344,24 +357,24 @@ class Streams:
                 stream.epoch, stream.last = recovery.epoch, recovery.offset
             stream.pending = {e.offset: e for e in early if e.offset > stream.last}
         wire = connection.wire
-        frames: List[bytes] = []
+        messages: List[Tuple[int, bytes]] = []
         if wire:
             position = Position(recovery.epoch, recovery.offset)
             text = joined_message(room, position, recovery.recovered)
-            frames.append(encode_frame(OP_TEXT, text.encode()))
+            messages.append((OP_TEXT, text.encode()))
         for entry in recovery.entries:
             envelope = Envelope(
                 1, entry.opcode, entry.payload, room, epoch=recovery.epoch, offset=entry.offset
             )
-            frames.append(_frame(room, envelope, wire))
+            messages.append(_message(room, envelope, wire))
         has = recovery.offset  # the store's last: what the connection is at now
         for envelope in waited:
             if envelope.epoch == recovery.epoch and envelope.offset > has:
-                frames.append(_frame(room, envelope, wire))
+                messages.append(_message(room, envelope, wire))
                 has = envelope.offset
         if has > stream.last:
             stream.floor[connection] = has
-        return frames
+        return messages
 
     def started_meanwhile(self, connection: WebSocketConnection, room: str) -> bool:
         """Whether ``room``'s stream started while ``connection``'s join read an empty store.
@@ -393,9 +406,15 @@ class Streams:
             del self.rooms[room]
 
 
-def _frame(room: str, envelope: Envelope, wire: bool) -> bytes:
+def _frame(room: str, envelope: Envelope, connection: WebSocketConnection) -> bytes:
+    """The frame of a stream's message for ``connection`` (wrapped, compressed, as it needs)."""
+    return connection.message_frame(*_message(room, envelope, connection.wire))
+
+
+def _message(room: str, envelope: Envelope, wire: bool) -> Tuple[int, bytes]:
+    """A stream's message as is, or wrapped with its position for ``fws.v1``."""
     if not wire:
-        return encode_frame(envelope.opcode, envelope.payload)
+        return envelope.opcode, envelope.payload
     position = Position(envelope.epoch, envelope.offset)
-    text = stream_message(room, position, envelope.opcode, envelope.payload)
-    return encode_frame(OP_TEXT, text.encode())
+    return OP_TEXT, stream_message(room, position, envelope.opcode, envelope.payload).encode()
+

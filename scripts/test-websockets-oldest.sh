@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 
 VENV=.venv-websockets-oldest
 PYTHON=.venv/bin/python  # the main venv's interpreter (scripts/bootstrap.sh)
-TESTS=(tests/test_websockets_internals.py tests/test_protocol.py tests/test_connection.py tests/test_sendqueue.py)
+TESTS=(tests/test_websockets_internals.py tests/test_protocol.py tests/test_compression.py tests/test_connection.py tests/test_sendqueue.py)
 
 say() { echo "test-websockets-oldest: $*"; }
 

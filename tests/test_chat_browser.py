@@ -249,6 +249,55 @@ def test_chat_between_two_browsers(
     assert server.crash_lines() == [], server.log()
 
 
+def test_chromium_negotiates_compression_with_the_chat(
+    hub_env: Dict[str, str], start_uwsgi: StartServer, browser: Browser
+) -> None:
+    """With ``WEBSOCKET_COMPRESSION`` on, Chromium's offer is accepted and the chat works."""
+    expect.set_options(timeout=WAIT_MS)
+    server = start_chat(
+        start_uwsgi, {**hub_env, "FLASK_WEBSOCKET_COMPRESSION": "permessage-deflate"}
+    )
+    handshakes: List[Dict[str, str]] = []
+    alice = open_chat(browser, server, "alice", "deflate")
+    # Bob's page, its WebSocket handshake's response headers seen through CDP.
+    bob_context = browser.new_context(viewport={"width": 1000, "height": 640})
+    bob_context.set_default_timeout(WAIT_MS)
+    bob_page = bob_context.new_page()
+    cdp = bob_context.new_cdp_session(bob_page)
+    cdp.send("Network.enable")
+    cdp.on(
+        "Network.webSocketHandshakeResponseReceived",
+        lambda event: handshakes.append(
+            {name.lower(): value for name, value in event["response"]["headers"].items()}
+        ),
+    )
+    bob = ChatPage(bob_context, bob_page, "bob")
+    bob_page.on("pageerror", lambda error: bob.problems.append(f"page error: {error}"))
+    bob_page.goto(server.http_url("/?room=deflate"))
+    bob.join()
+    assert poll_until(lambda: bool(handshakes), 10), "no WebSocket handshake seen"
+    extensions = handshakes[-1].get("sec-websocket-extensions", "")
+    assert extensions.startswith("permessage-deflate"), handshakes[-1]
+    assert "server_no_context_takeover" in extensions, extensions
+
+    # Short messages (sent as they are) and long ones (compressed), both ways.
+    long_text = "A long message, long enough to be compressed: " + "la " * 200
+    alice.say("hi bob")
+    expect(bob.messages("hi bob")).to_have_count(1)
+    alice.say(long_text)
+    expect(bob.messages("A long message").locator(".text")).to_have_text(long_text.strip())
+    bob.say(long_text + "back")
+    expect(alice.messages("la back").locator(".from")).to_have_text("bob")
+    # A page that joins later gets the history, compressed.
+    dave = open_chat(browser, server, "dave", "deflate")
+    expect(dave.page.locator("#messages li.message")).to_have_count(3)
+    for chat in (alice, bob, dave):
+        chat.context.close()
+        assert chat.problems == [], f"{chat.nick}'s page: {chat.problems}"
+    server.stop()
+    assert server.crash_lines() == [], server.log()
+
+
 # -- a page that loses its connection -----------------------------------------------
 #
 # Alice's page goes through a relay the test controls (tests/relay.py), bob's

@@ -34,6 +34,13 @@ BAD_VALUES = [
     ("WEBSOCKET_RATE_LIMIT", (0, 5)),
     ("WEBSOCKET_RATE_LIMIT", (10, 2.5)),
     ("WEBSOCKET_RATE_LIMIT", (10, 20, 30)),
+    ("WEBSOCKET_COMPRESSION", "deflate"),
+    ("WEBSOCKET_COMPRESSION", True),
+    ("WEBSOCKET_COMPRESSION_OPTIONS", {"server_max_window_bits": 8}),
+    ("WEBSOCKET_COMPRESSION_OPTIONS", {"memLevel": 9}),
+    ("WEBSOCKET_COMPRESSION_OPTIONS", {"client_no_context_takeover": "yes"}),
+    ("WEBSOCKET_COMPRESSION_THRESHOLD", -1),
+    ("WEBSOCKET_COMPRESSION_THRESHOLD", 1.5),
 ]
 
 
@@ -65,6 +72,22 @@ def test_a_bad_value_set_after_init_app_is_caught_at_the_first_connection(
     assert caught.value.status == 500
     errors = [r.exc_info[1] for r in caplog.records if r.exc_info]
     assert [e.key for e in errors if isinstance(e, ConfigurationError)] == [key]
+
+
+@pytest.mark.parametrize("overflow", ["drop_oldest", "raise"])
+def test_context_takeover_needs_the_disconnect_policy(overflow: str) -> None:
+    app = Flask(__name__)
+    app.config["WEBSOCKET_COMPRESSION_OPTIONS"] = {"server_no_context_takeover": False}
+    app.config["WEBSOCKET_SEND_QUEUE_OVERFLOW"] = overflow
+    with pytest.raises(ConfigurationError, match="would corrupt every later one") as caught:
+        WebSocket(app)
+    assert caught.value.key == "WEBSOCKET_COMPRESSION_OPTIONS"
+    app.config["WEBSOCKET_SEND_QUEUE_OVERFLOW"] = "disconnect"
+    WebSocket(app)  # accepted
+    app = Flask(__name__)
+    app.config["WEBSOCKET_SEND_QUEUE_OVERFLOW"] = overflow  # no context takeover: fine
+    app.config["WEBSOCKET_COMPRESSION"] = "permessage-deflate"
+    WebSocket(app)
 
 
 def test_the_defaults_pass_and_every_key_is_checked() -> None:

@@ -37,7 +37,8 @@ ALLOWED: Dict[str, Set[str]] = {
     "admission": {"logs", "concurrency"},
     "drain": {"close_codes", "concurrency", "hubs"},
     "exceptions": {"close_codes"},
-    "config": {"exceptions", "connection", "sendqueue"},
+    "config": {"compression", "exceptions", "connection", "sendqueue"},
+    "compression": {"protocol"},
     "transport": {"exceptions", "close_codes"},
     "concurrency": {"concurrency", "transport", "exceptions"},
     "protocol": {"close_codes", "exceptions", "_websockets_internals"},
@@ -45,6 +46,7 @@ ALLOWED: Dict[str, Set[str]] = {
     "sendqueue": {"exceptions", "close_codes", "config"},
     "connection": {
         "close_codes",
+        "compression",
         "concurrency",
         "exceptions",
         "protocol",
@@ -77,6 +79,7 @@ ALLOWED: Dict[str, Set[str]] = {
     "extension": {
         "cli",
         "close_codes",
+        "compression",
         "concurrency",
         "config",
         "connection",

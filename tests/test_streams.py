@@ -21,6 +21,7 @@ class Member:
     """What the streams use of a connection: a raw client (frames are the payloads)."""
 
     wire = False
+    frame_kind = False  # neither fws.v1 nor compressed
     assigned_id: Optional[str] = None
 
     def __init__(self, name: str) -> None:
@@ -30,6 +31,10 @@ class Member:
 
     def close_nowait(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
+
+    @staticmethod
+    def message_frame(opcode: int, payload: bytes) -> bytes:
+        return encode_frame(opcode, payload)
 
     def offer_frame(self, frame: bytes) -> bool:
         if self.closed is not None:  # as a connection that started closing
@@ -53,8 +58,8 @@ class Room:
         self.members[ROOM].add(member)
 
     def caught_up(self, member: Member, recovery: Recovery) -> None:
-        for frame in self.streams.caught_up(member, ROOM, recovery):  # type: ignore[arg-type]
-            member.frames.append(frame)
+        for opcode, payload in self.streams.caught_up(member, ROOM, recovery):  # type: ignore[arg-type]
+            member.frames.append(member.message_frame(opcode, payload))
         self.streams.drain(ROOM)
 
 

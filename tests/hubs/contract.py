@@ -44,6 +44,7 @@ class StandInConnection:
         self._registry = registry
         self.user_id = user_id
         self.wire = False  # plain frames (no fws.v1): the contract checks the bytes
+        self.frame_kind = False  # framed alike for every stand-in (uncompressed, not fws.v1)
         self.closed_with: Optional[tuple] = None
         self._id: Optional[str] = None
         self._rooms: set = set()
@@ -75,6 +76,9 @@ class StandInConnection:
 
     def close(self) -> None:
         self._registry.remove(self)  # type: ignore[arg-type]
+
+    def message_frame(self, opcode: int, payload: bytes) -> bytes:
+        return encode_frame(opcode, payload)
 
     def offer_frame(self, frame: bytes) -> bool:
         self.frames.append(frame)
