@@ -183,10 +183,10 @@ class WebSocketConnection:
         )
         # Messages go out as they are: neither wrapped (fws.v1) nor compressed.
         self._plain = not self.wire and self._deflater is None
-        #: What this connection's frame of a broadcast depends on: connections
+        #: What this connection's frame of a broadcast depends on. Connections
         #: of the same kind get the same bytes (see RoomRegistry.deliver). The
-        #: wire flag when nothing is compressed; ``None``: the frame is this
-        #: connection's alone (compressed with context takeover). A plain
+        #: wire flag when nothing is compressed, ``None`` when the frame is
+        #: this connection's alone (compressed with context takeover). A plain
         #: attribute, read once per member by every broadcast.
         self.frame_kind: Optional[Hashable] = (
             self.wire if self._deflater is None else self._deflater.frame_kind
