@@ -17,6 +17,17 @@ from tests.uwsgi_server import free_port
 REDIS_SERVER = shutil.which("redis-server")
 
 
+def require_redis_server() -> None:
+    """Skip the calling test without redis-server, or fail it when ``CI`` is set."""
+    if REDIS_SERVER is None:
+        import pytest
+
+        message = "redis-server is not on PATH (scripts/bootstrap.sh installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; CI is set, so this is an error")
+        pytest.skip(message)
+
+
 class RedisServer:
     """One redis-server on a free 127.0.0.1 port, without persistence unless asked.
 

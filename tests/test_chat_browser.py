@@ -60,12 +60,9 @@ def browser() -> Iterator[Browser]:
 def hub_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Dict[str, str]]:
     """The chat's hub and history, private to the test: local (by default) or redis."""
     if getattr(request, "param", "local") == "redis":
-        from tests.redis_server import REDIS_SERVER, RedisServer
+        from tests.redis_server import RedisServer, require_redis_server
 
-        if REDIS_SERVER is None:
-            if os.environ.get("CI"):
-                pytest.fail("redis-server is not on PATH")
-            pytest.skip("redis-server is not on PATH")
+        require_redis_server()
         with RedisServer(log_dir=tmp_path) as redis:
             yield {"FLASK_WEBSOCKET_HUB_URL": redis.url}
         return

@@ -108,12 +108,9 @@ def test_four_workers_publishing_at_once_give_one_gap_free_order(start_uwsgi, hu
 
 @pytest.fixture
 def redis_url(tmp_path) -> Any:
-    from tests.redis_server import REDIS_SERVER, RedisServer
+    from tests.redis_server import RedisServer, require_redis_server
 
-    if REDIS_SERVER is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not on PATH")
-        pytest.skip("redis-server is not on PATH")
+    require_redis_server()
     server = RedisServer(log_dir=tmp_path).start()
     yield server
     server.stop()

@@ -30,7 +30,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as async_connect
 
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.redis_server import RedisServer, require_redis_server
 from tests.uwsgi_server import REPO_ROOT, UwsgiServer
 
 pytestmark = pytest.mark.uwsgi
@@ -54,11 +54,7 @@ HUBS = ["memory", "local", "redis"]
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if REDIS_SERVER is None:
-        message = "redis-server is not on PATH (scripts/bootstrap.sh installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_redis_server()
     server = RedisServer(log_dir=tmp_path_factory.mktemp("redis")).start()
     yield server.url
     server.stop()

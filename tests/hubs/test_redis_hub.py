@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.redis_server import RedisServer, require_redis_server
 from tests.uwsgi_server import REPO_ROOT, free_port, run_python
 
 #: How a node process starts: patch first (unless told not to), then import anything.
@@ -299,13 +299,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, step: float
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A fresh redis-server; skipped without one, except in CI (env CI set)."""
-    if REDIS_SERVER is None:
-        message = (
-            "redis-server is not on PATH (apt-get install redis-server, or scripts/bootstrap.sh)"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message + "; CI is set, so this is an error")
-        pytest.skip(message)
+    require_redis_server()
     server = RedisServer(log_dir=tmp_path).start()
     yield server
     server.stop()
