@@ -931,12 +931,7 @@ class WebSocketConnection:
         """
         self._protocol.hold_failure()
         self._sync_sending()
-        self._cancel_keepalive()
-        self._cancel_rate()
-        if self._close_timer is None and not self._torn_down:
-            self._close_timer = self._backend.call_later(
-                self._options.close_timeout, self._on_hold_timeout
-            )
+        self._stop_timers_then(self._on_hold_timeout)
 
     def _on_hold_timeout(self) -> None:
         self._close_timer = None
@@ -955,12 +950,17 @@ class WebSocketConnection:
 
     def _start_closing(self) -> None:
         """The closing handshake started: stop pinging, give the peer close_timeout."""
+        self._stop_timers_then(self._on_close_timeout)
+
+    def _stop_timers_then(self, on_timeout: Callable[[], None]) -> None:
+        """Stop pinging and rate limiting; call ``on_timeout`` after close_timeout.
+
+        Unless a close deadline runs already (or the connection is gone).
+        """
         self._cancel_keepalive()
         self._cancel_rate()
         if self._close_timer is None and not self._torn_down:
-            self._close_timer = self._backend.call_later(
-                self._options.close_timeout, self._on_close_timeout
-            )
+            self._close_timer = self._backend.call_later(self._options.close_timeout, on_timeout)
 
     def _on_close_timeout(self) -> None:
         self._close_timer = None
