@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import TYPE_CHECKING, Dict, Hashable, List, Optional, Set
+from typing import TYPE_CHECKING, Dict, List, Optional, Set
 
-from .exceptions import SendQueueFull
+from .fanout import Groups, group_by_kind, offer_to_groups
 from .history import Position, Recovery
 from .hubs.base import (
     KIND_DIRECT,
@@ -49,11 +49,16 @@ class RoomRegistry:
         self.connections: Set[WebSocketConnection] = set()
         self._by_id: Dict[str, WebSocketConnection] = {}
         self._rooms: Dict[str, Set[WebSocketConnection]] = {}
+        # Each room's members grouped for a broadcast (fanout.py): made on a
+        # broadcast, dropped when the room's membership changes.
+        self._groups: Dict[str, Groups] = {}
         self._by_user: Dict[str, Set[WebSocketConnection]] = {}
         #: The hub told when a room gets its first or loses its last member here.
         self.hub: Optional[Hub] = None
         #: Rooms with history: their streams, delivered in order.
-        self.streams = Streams(lambda room: self._rooms.get(room, set()))
+        self.streams = Streams(
+            lambda room: self._rooms.get(room, set()), self._groups_of, self._by_id.get
+        )
 
     def new_id(self, connection: WebSocketConnection) -> str:
         """Give ``connection`` an id (``<node>.<n>``) and index it by that id."""
@@ -106,7 +111,8 @@ class RoomRegistry:
         limits = hub.history.limits_for(room) if hub is not None else None
         if limits is not None:
             self.streams.start_catching_up(connection, room, "", 0)  # live ones wait from now
-        members.add(connection)  # before the hooks: they may wait (redis: SUBSCRIBE)
+        members.add(connection)
+        self._groups.pop(room, None)  # before the hooks: they may wait (redis: SUBSCRIBE)
         if hub is not None:
             if new_room:
                 hub._room_joined(room)
@@ -135,6 +141,7 @@ class RoomRegistry:
         if members is None or connection not in members:
             return
         members.discard(connection)
+        self._groups.pop(room, None)
         if self.streams.rooms:
             self.streams.left(room, connection, members_left=bool(members))
         hub = self.hub
@@ -162,64 +169,47 @@ class RoomRegistry:
         if envelope.offset:
             self.streams.deliver(envelope)
             return 0
+        if envelope.opcode == OP_CLOSE:
+            return self._close(envelope)
+        skip = envelope.skip
+        skipped = self._by_id.get(skip) if skip else None
+        if envelope.kind == KIND_ROOM:
+            if envelope.target not in self._rooms:
+                return 0
+            groups = self._groups_of(envelope.target)
+        else:
+            recipients = self._recipients(envelope)
+            if not recipients:
+                return 0
+            groups = group_by_kind(recipients)
+        return offer_to_groups(groups, lambda connection: _frame(envelope, connection), skipped)
+
+    def _recipients(self, envelope: Envelope) -> List[WebSocketConnection]:
         if envelope.kind == KIND_DIRECT:
             target = self._by_id.get(envelope.target)
-            recipients = [target] if target is not None else []
-        elif envelope.kind == KIND_ROOM:
-            recipients = list(self._rooms.get(envelope.target, ()))
-        elif envelope.kind == KIND_USER:
-            recipients = list(self._by_user.get(envelope.target, ()))
-        else:
-            recipients = list(self.connections)
-        if not recipients:
-            return 0
-        skip = envelope.skip
-        if envelope.opcode == OP_CLOSE:
-            code, reason = parse_close_payload(envelope.payload)
-            for connection in recipients:
-                if not (skip and connection.assigned_id == skip):
-                    connection.close_nowait(code, reason)
-            return len(recipients)
-        # Framed once for all members of a kind: plain (False) or fws.v1 (True)
-        # on the hot path, other kinds (compressed alike) in a dict; a kind of
-        # None is compressed for its connection alone. One call per member.
-        plain: Optional[bytes] = None
-        wrapped: Optional[bytes] = None
-        frames: Dict[Hashable, bytes] = {}
-        delivered = 0
-        for connection in recipients:
-            if skip and connection.assigned_id == skip:
-                continue
-            kind = connection.frame_kind
-            if kind is False:
-                if plain is None:
-                    plain = _frame(envelope, connection)
-                frame = plain
-            elif kind is True:
-                if wrapped is None:
-                    wrapped = _frame(envelope, connection)
-                frame = wrapped
-            else:
-                found = frames.get(kind) if kind is not None else None
-                if found is None:
-                    found = _frame(envelope, connection)
-                    if kind is not None:
-                        frames[kind] = found
-                frame = found
-            try:
-                if connection.offer_frame(frame):
-                    delivered += 1
-            except SendQueueFull:
-                self._dropped(connection)
-        return delivered
+            return [target] if target is not None else []
+        if envelope.kind == KIND_ROOM:
+            return list(self._rooms.get(envelope.target, ()))
+        if envelope.kind == KIND_USER:
+            return list(self._by_user.get(envelope.target, ()))
+        return list(self.connections)
 
-    @staticmethod
-    def _dropped(connection: WebSocketConnection) -> None:
-        logger.warning(
-            "dropped a broadcast for %r: its send queue is full "
-            "(WEBSOCKET_SEND_QUEUE_OVERFLOW = 'raise')",
-            connection,
-        )
+    def _close(self, envelope: Envelope) -> int:
+        """A close message (``close_room``, ``close_user``): close each recipient."""
+        recipients = self._recipients(envelope)
+        code, reason = parse_close_payload(envelope.payload)
+        skip = envelope.skip
+        for connection in recipients:
+            if not (skip and connection.assigned_id == skip):
+                connection.close_nowait(code, reason)
+        return len(recipients)
+
+    def _groups_of(self, room: str) -> Groups:
+        """The members of ``room`` by frame kind: kept until its membership changes."""
+        groups = self._groups.get(room)
+        if groups is None:
+            groups = self._groups[room] = group_by_kind(self._rooms.get(room, ()))
+        return groups
 
 
 def _frame(envelope: Envelope, connection: WebSocketConnection) -> bytes:

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, Hashable, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set, Tuple
 
-from .exceptions import SendQueueFull
+from .fanout import Groups, group_by_kind, offer_to_groups
 from .history import Entry, Position, Recovery
 from .hubs.base import Envelope
 from .protocol import OP_TEXT
@@ -77,8 +77,14 @@ class Streams:
     def __init__(
         self,
         members_of: Callable[[str], Set[WebSocketConnection]],
+        groups_of: Callable[[str], Groups],
+        find: Callable[[str], Optional[WebSocketConnection]],
     ) -> None:
         self._members_of = members_of
+        # The room's members grouped by frame kind, and a connection by its id:
+        # the fast path of _to_members (see fanout.py).
+        self._groups_of = groups_of
+        self._find = find
         self.rooms: Dict[str, RoomStream] = {}
         #: Set by the hub: reads the entries after an offset (a task that may wait).
         self.fill_gap: Optional[Callable[[str, int], None]] = None
@@ -258,14 +264,18 @@ class Streams:
 
     def _to_members(self, room: str, stream: RoomStream, envelope: Envelope) -> None:
         # The hot path of a broadcast into a room with history: framed once
-        # per kind of member (plain, fws.v1, compressed alike: the envelope
-        # with the position is per message, not per member); one call per member.
-        plain: Optional[bytes] = None
-        wrapped: Optional[bytes] = None
-        frames: Dict[Hashable, bytes] = {}
+        # per kind of member (the envelope with the position is per message,
+        # not per member), one frame to many (fanout.py), unless members are
+        # catching up, when each member is looked at first.
         skip = envelope.skip
         waiting_for = stream.waiting
         floors = stream.floor
+        frame_for = lambda member: _frame(room, envelope, member)  # noqa: E731
+        if not (waiting_for or floors):
+            skipped = self._find(skip) if skip else None
+            offer_to_groups(self._groups_of(room), frame_for, skipped)
+            return
+        members = []
         for connection in list(self._members_of(room)):
             if skip and connection.assigned_id == skip:
                 continue
@@ -280,30 +290,8 @@ class Streams:
                     if envelope.offset <= floor:
                         continue  # it had this one from the store
                     del floors[connection]
-            kind = connection.frame_kind
-            if kind is False:
-                if plain is None:
-                    plain = _frame(room, envelope, connection)
-                frame = plain
-            elif kind is True:
-                if wrapped is None:
-                    wrapped = _frame(room, envelope, connection)
-                frame = wrapped
-            else:
-                found = frames.get(kind) if kind is not None else None
-                if found is None:  # None: compressed for this connection alone
-                    found = _frame(room, envelope, connection)
-                    if kind is not None:
-                        frames[kind] = found
-                frame = found
-            try:
-                connection.offer_frame(frame)
-            except SendQueueFull:
-                logger.warning(
-                    "dropped a broadcast for %r: its send queue is full "
-                    "(WEBSOCKET_SEND_QUEUE_OVERFLOW = 'raise')",
-                    connection,
-                )
+            members.append(connection)
+        offer_to_groups(group_by_kind(members), frame_for)
 
     # -- joins -----------------------------------------------------------------
 
@@ -417,4 +405,3 @@ def _message(room: str, envelope: Envelope, wire: bool) -> Tuple[int, bytes]:
         return envelope.opcode, envelope.payload
     position = Position(envelope.epoch, envelope.offset)
     return OP_TEXT, stream_message(room, position, envelope.opcode, envelope.payload).encode()
-

@@ -434,6 +434,8 @@ def test_a_bad_compression_on_a_route_is_refused_at_once() -> None:
 class Member:
     """What RoomRegistry.deliver uses of a connection, with a real Deflater."""
 
+    _direct_fd = None  # no socket: the fan-out offers each frame (offer_frame)
+
     def __init__(self, registry: RoomRegistry, deflater: Optional[Deflater]) -> None:
         self.wire = False
         self.user_id = None

@@ -31,7 +31,7 @@ ALLOWED: Dict[str, Set[str]] = {
     "logs": set(),
     "history": set(),
     "wire": {"history"},
-    "streams": {"concurrency", "exceptions", "history", "hubs", "protocol", "wire"},
+    "streams": {"concurrency", "fanout", "history", "hubs", "protocol", "wire"},
     "sqlite_history": {"concurrency", "exceptions", "history"},
     "origins": {"logs"},
     "admission": {"logs", "concurrency"},
@@ -59,7 +59,8 @@ ALLOWED: Dict[str, Set[str]] = {
     },
     "keepalive": {"close_codes", "concurrency", "exceptions", "protocol"},
     "ratelimit": {"logs"},
-    "rooms": {"exceptions", "history", "hubs", "protocol", "streams", "wire"},
+    "fanout": {"connection"},
+    "rooms": {"fanout", "history", "hubs", "protocol", "streams", "wire"},
     "hubs": {
         "hubs",
         "concurrency",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Set, Tuple
 
+from flask_websocket.fanout import group_by_kind
 from flask_websocket.history import Entry, Recovery
 from flask_websocket.hubs.base import KIND_ROOM, Envelope
 from flask_websocket.protocol import OP_TEXT, encode_frame
@@ -23,6 +24,7 @@ class Member:
     wire = False
     frame_kind = False  # neither fws.v1 nor compressed
     assigned_id: Optional[str] = None
+    _direct_fd = None  # no socket: the fan-out offers each frame (offer_frame)
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -51,6 +53,8 @@ class Room:
         self.members: Dict[str, Set[Member]] = {ROOM: set()}
         self.streams = Streams(
             lambda room: self.members.get(room, set()),  # type: ignore[arg-type,return-value]
+            lambda room: group_by_kind(self.members.get(room, set())),  # type: ignore[arg-type]
+            lambda id: next((m for m in self.members[ROOM] if m.assigned_id == id), None),  # type: ignore[arg-type,return-value]
         )
 
     def join(self, member: Member, epoch: str = "", last: int = 0) -> None:

@@ -80,6 +80,9 @@ class StandInConnection:
     def message_frame(self, opcode: int, payload: bytes) -> bytes:
         return encode_frame(opcode, payload)
 
+    # No socket: the fan-out offers each frame (fanout.py reads _direct_fd first).
+    _direct_fd = None
+
     def offer_frame(self, frame: bytes) -> bool:
         self.frames.append(frame)
         return True
