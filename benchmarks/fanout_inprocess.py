@@ -113,10 +113,13 @@ class Fws:
         self.hub.publish(Envelope(KIND_ROOM, OP_TEXT, payload, ROOM, origin=self.registry.node_id))
 
     def close(self) -> None:
+        fds = [server.fileno() for server, _ in self.pairs]
         for connection in self.connections:
-            connection._teardown(lost=True)
-        for server, client in self.pairs:
+            connection._teardown(lost=True)  # gives the socket back: detached, fd open
+        for fd, (server, client) in zip(fds, self.pairs):
             server.close()
+            if fd >= 0:
+                os.close(fd)
             client.close()
 
 

@@ -51,7 +51,7 @@ from . import transport
 from .close_codes import CloseCode
 from .compression import Deflater, DeflateSettings
 from .concurrency.base import Backend, Event, Timer, Wakeup, Watcher
-from .exceptions import ConnectionClosedOK, SendQueueFull
+from .exceptions import ConnectionClosedOK
 from .history import Position, Recovery
 from .keepalive import Keepalive
 from .protocol import (
@@ -76,7 +76,6 @@ __all__ = [
     "ConnectionOptions",
     "GuardedConnection",
     "WebSocketConnection",
-    "offer_frame_to_each",
 ]
 
 _T = TypeVar("_T")
@@ -215,8 +214,9 @@ class WebSocketConnection:
         self._send_queue: Optional[SendQueue] = None
         # The socket's fd while a data frame may go straight to it (os.write):
         # accepted, open (no close frame sent or received), nothing queued,
-        # not torn down; else None. The one check of a broadcast's delivery
-        # (_sync_direct_fd). None before the socket is given back, always.
+        # not torn down; else None. None before the socket is given back,
+        # always. Set only through _set_direct_fd: the registry keeps the
+        # fds of each room's members for broadcasts (fanout.py).
         self._direct_fd: Optional[int] = None
         self._drained: Optional[Event] = None
         self._closed_event: Optional[Event] = None
@@ -285,7 +285,7 @@ class WebSocketConnection:
         self._opener = None
         self._sock = sock
         fd = sock.fileno()
-        self._direct_fd = fd if self._protocol.open else None
+        self._set_direct_fd(fd if self._protocol.open else None)
         backend = self._backend
         self._reader = backend.watch_readable(fd, self._on_readable)
         self._reader.start()
@@ -363,6 +363,10 @@ class WebSocketConnection:
             return registry.join(self, room, since)
         except BaseException:
             self._rooms.discard(room)
+            try:  # it may be in already: the hub failed after (recovery, hooks)
+                registry.leave(self, room)
+            except Exception:
+                logger.warning("leaving %r after a failed join of %r", self, room, exc_info=True)
             raise
 
     def leave(self, room: str) -> None:
@@ -546,7 +550,7 @@ class WebSocketConnection:
         if fd is not None:
             # The fast path of a delivery: nothing waits, so the frame goes
             # straight to the socket; only a short write queues the rest (as
-            # _write). offer_frame_to_each inlines this for a broadcast.
+            # _write). fanout.py does the same for a broadcast's members.
             try:
                 sent = _write_fd(fd, frame)
             except _BlockingErrors:
@@ -738,7 +742,7 @@ class WebSocketConnection:
         queue = self._send_queue
         if queue is None:
             queue = self._send_queue = SendQueue()
-            self._direct_fd = None  # after what waits, in order
+            self._set_direct_fd(None)  # after what waits, in order
         queue.append(data)
         if queue.size > self._options.send_queue_size and not self._backlogged:
             self._backlogged = True
@@ -802,16 +806,23 @@ class WebSocketConnection:
 
     def _sync_direct_fd(self) -> None:
         """Set :attr:`_direct_fd` from the state: the fd, or ``None`` if a frame must not go."""
-        if (
+        sock = self._sock
+        direct = (
             self._opener is None
             and not self._torn_down
             and self._send_queue is None
             and self._protocol.open
-            and self._sock is not None
-        ):
-            self._direct_fd = self._sock.fileno()
-        else:
-            self._direct_fd = None
+            and sock is not None
+        )
+        self._set_direct_fd(sock.fileno() if direct and sock is not None else None)
+
+    def _set_direct_fd(self, fd: Optional[int]) -> None:
+        """Change :attr:`_direct_fd`; the registry drops its rooms' fds of this connection."""
+        if fd == self._direct_fd:
+            return
+        self._direct_fd = fd
+        if self._rooms and self._registry is not None:
+            self._registry.regroup(self._rooms)
 
     # ------------------------------------------------------------------
     # Keepalive (the Keepalive's calls back, see keepalive.py)
@@ -1006,7 +1017,7 @@ class WebSocketConnection:
         if self._torn_down:
             return
         self._torn_down = True
-        self._direct_fd = None  # before the socket is given back (its fd reused)
+        self._set_direct_fd(None)  # before the socket is given back (its fd reused)
         self._cancel_keepalive()
         self._cancel_rate()
         if self._close_timer is not None:
@@ -1064,59 +1075,6 @@ def _let_go(sock: _socket.socket, queue: Optional[SendQueue]) -> None:
         return
     if not complete:
         reset_on_close(sock)
-
-
-# ----------------------------------------------------------------------
-# One frame to many connections
-
-
-def offer_frame_to_each(
-    frame: bytes,
-    connections: List[WebSocketConnection],
-    skipped: Optional[WebSocketConnection] = None,
-) -> int:
-    """Offer ``frame`` to each of ``connections`` but ``skipped``; how many took it.
-
-    What :meth:`WebSocketConnection.offer_frame` does for each, with its fast
-    path inline: this loop is where a broadcast spends its time, and a
-    Python call per member cost as much as the write system call. A
-    connection that nothing waits on gets the frame straight from its
-    socket; the others go through :meth:`~WebSocketConnection.offer_frame`
-    (send queue, overflow policy, closed). A member's state is read as its
-    turn comes, so a member closed meanwhile (by another member's handler,
-    which a lost connection may wake) gets nothing. Under
-    ``WEBSOCKET_SEND_QUEUE_OVERFLOW = "raise"`` a full queue drops the frame
-    for that member, with a warning.
-    """
-    write = _write_fd
-    size = len(frame)
-    delivered = 0
-    for connection in connections:
-        if connection is skipped:
-            continue
-        fd = connection._direct_fd
-        if fd is not None:
-            try:
-                sent = write(fd, frame)
-            except _BlockingErrors:
-                sent = 0
-            except OSError:
-                connection._connection_lost()
-                continue
-            delivered += 1
-            if sent != size:
-                connection._queue(memoryview(frame)[sent:] if sent else frame)
-            continue
-        try:
-            if connection.offer_frame(frame):
-                delivered += 1
-        except SendQueueFull:
-            logger.warning(
-                "dropped a broadcast for %r: its send queue is full "
-                "(WEBSOCKET_SEND_QUEUE_OVERFLOW = 'raise')",
-                connection,
-            )
-    return delivered
 
 
 # ----------------------------------------------------------------------

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import TYPE_CHECKING, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Set
 
-from .fanout import Groups, group_by_kind, offer_to_groups
+from .fanout import Group, group_members, offer_to_groups
 from .history import Position, Recovery
 from .hubs.base import (
     KIND_DIRECT,
@@ -50,8 +50,9 @@ class RoomRegistry:
         self._by_id: Dict[str, WebSocketConnection] = {}
         self._rooms: Dict[str, Set[WebSocketConnection]] = {}
         # Each room's members grouped for a broadcast (fanout.py): made on a
-        # broadcast, dropped when the room's membership changes.
-        self._groups: Dict[str, Groups] = {}
+        # broadcast, dropped when the room's membership or a member's direct
+        # fd changes (regroup).
+        self._groups: Dict[str, List[Group]] = {}
         self._by_user: Dict[str, Set[WebSocketConnection]] = {}
         #: The hub told when a room gets its first or loses its last member here.
         self.hub: Optional[Hub] = None
@@ -181,7 +182,7 @@ class RoomRegistry:
             recipients = self._recipients(envelope)
             if not recipients:
                 return 0
-            groups = group_by_kind(recipients)
+            groups = group_members(recipients)
         return offer_to_groups(groups, lambda connection: _frame(envelope, connection), skipped)
 
     def _recipients(self, envelope: Envelope) -> List[WebSocketConnection]:
@@ -204,12 +205,17 @@ class RoomRegistry:
                 connection.close_nowait(code, reason)
         return len(recipients)
 
-    def _groups_of(self, room: str) -> Groups:
-        """The members of ``room`` by frame kind: kept until its membership changes."""
+    def _groups_of(self, room: str) -> List[Group]:
+        """The members of ``room`` grouped for a broadcast (kept until :meth:`regroup`)."""
         groups = self._groups.get(room)
         if groups is None:
-            groups = self._groups[room] = group_by_kind(self._rooms.get(room, ()))
+            groups = self._groups[room] = group_members(self._rooms.get(room, ()), room)
         return groups
+
+    def regroup(self, rooms: Iterable[str]) -> None:
+        """A member of ``rooms`` changed how it takes frames: group those rooms anew."""
+        for room in rooms:
+            self._groups.pop(room, None)
 
 
 def _frame(envelope: Envelope, connection: WebSocketConnection) -> bytes:

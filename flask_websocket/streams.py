@@ -30,7 +30,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set, Tuple
 
-from .fanout import Groups, group_by_kind, offer_to_groups
+from .fanout import Group, group_members, offer_to_groups
 from .history import Entry, Position, Recovery
 from .hubs.base import Envelope
 from .protocol import OP_TEXT
@@ -77,7 +77,7 @@ class Streams:
     def __init__(
         self,
         members_of: Callable[[str], Set[WebSocketConnection]],
-        groups_of: Callable[[str], Groups],
+        groups_of: Callable[[str], List[Group]],
         find: Callable[[str], Optional[WebSocketConnection]],
     ) -> None:
         self._members_of = members_of
@@ -291,7 +291,7 @@ class Streams:
                         continue  # it had this one from the store
                     del floors[connection]
             members.append(connection)
-        offer_to_groups(group_by_kind(members), frame_for)
+        offer_to_groups(group_members(members), frame_for)
 
     # -- joins -----------------------------------------------------------------
 

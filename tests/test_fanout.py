@@ -19,7 +19,9 @@ from websockets.frames import Opcode
 
 from flask_websocket.concurrency.gevent import GeventBackend
 from flask_websocket.connection import ConnectionOptions, WebSocketConnection
+from flask_websocket import HubError
 from flask_websocket.hubs.base import KIND_ROOM, Envelope
+from flask_websocket.hubs.memory import MemoryHub
 from flask_websocket.protocol import OP_TEXT
 from flask_websocket.rooms import RoomRegistry
 from tests.test_protocol import open_server, parse_server_frames
@@ -125,30 +127,32 @@ def test_the_skipped_member_gets_nothing(room: Room) -> None:
         assert texts(client) == ([] if connection is sender else ["not to the sender"])
 
 
-def test_a_member_that_does_not_read_queues_and_then_gets_everything_in_order(
-    room: Room,
+@pytest.mark.parametrize("stalled_members", [1, 20])  # 20: past the scan, a dict finds them
+def test_members_that_do_not_read_queue_and_then_get_everything_in_order(
+    room: Room, stalled_members: int
 ) -> None:
     reader = room.connect()
-    stalled = room.connect()
+    stalled_ones = [room.connect() for _ in range(stalled_members)]
+    stalled = stalled_ones[-1]
     count = 200
     # 800 KB in all: past what the kernel holds for a socket pair, within
     # the send queue's bound (1 MiB)
     payload = "x" * 4000
+    members = stalled_members + 1
     delivered = [room.broadcast(f"{i:04d}{payload}") for i in range(count)]
-    assert delivered == [2] * count  # queued counts as delivered: nothing was dropped
-    assert stalled[0].buffered_amount > 0  # some frames waited for the peer
-    got_reader: List[str] = []
-    got_stalled: List[str] = []
-    for _ in range(50):  # bounded: each round reads what both peers can
-        got_reader += texts(reader[1], rounds=40)
-        got_stalled += texts(stalled[1], rounds=40)
-        if len(got_stalled) == count and len(got_reader) == count:
+    assert delivered == [members] * count  # queued counts as delivered: none dropped
+    assert all(connection.buffered_amount > 0 for connection, _ in stalled_ones)
+    got: List[List[str]] = [[] for _ in range(members)]
+    peers = [reader[1]] + [client for _, client in stalled_ones]
+    for _ in range(100):  # bounded: each round reads what every peer can
+        for index, peer in enumerate(peers):
+            got[index] += texts(peer, rounds=25)
+        if all(len(frames) == count for frames in got):
             break
     expected = [f"{i:04d}{payload}" for i in range(count)]
-    assert got_reader == expected
-    assert got_stalled == expected
+    assert all(frames == expected for frames in got)
     assert stalled[0].buffered_amount == 0
-    assert room.broadcast("direct again") == 2
+    assert room.broadcast("direct again") == members
     assert texts(stalled[1]) == ["direct again"]
 
 
@@ -177,7 +181,9 @@ def test_a_member_closed_during_the_broadcast_gets_nothing_after_its_close_frame
     """
     for _ in range(10):
         room.connect()
-    ((_, order),) = room.registry._groups_of(ROOM)
+    (group,) = room.registry._groups_of(ROOM)
+    order = group.direct  # the order the broadcast writes in
+    assert len(order) == 10
     lost, victim = order[0], order[-1]
     peers = dict(room.members)
     peers[lost].close()
@@ -194,3 +200,25 @@ def test_a_member_closed_during_the_broadcast_gets_nothing_after_its_close_frame
     assert frames[0][0] == Opcode.CLOSE and len(frames) == 1, frames
     for connection in order[1:-1]:
         assert texts(peers[connection]) == ["in the middle"]
+
+
+def test_a_join_the_hub_fails_leaves_the_connection_out_of_the_room(room: Room) -> None:
+    """The registry had the member before the hub's hook failed: it must not stay.
+
+    Otherwise it would get the room's broadcasts after ``join`` raised, and
+    stay in the room after it closed.
+    """
+    class FailingHub(MemoryHub):
+        def _member_joined(self, room_name: str, connection_id: str) -> None:
+            raise HubError("the hub is down")
+
+    stays = room.connect()
+    room.registry.hub = FailingHub(room.registry, backend=room.backend)
+    connection, client = room.connect(join=False)
+    with pytest.raises(HubError, match="the hub is down"):
+        connection.join(ROOM)
+    assert connection.rooms == frozenset()
+    assert room.registry.local_members(ROOM) == [stays[0].id]
+    assert room.broadcast("not for the failed join") == 1
+    assert texts(client) == []
+    assert texts(stays[1]) == ["not for the failed join"]

@@ -59,7 +59,7 @@ ALLOWED: Dict[str, Set[str]] = {
     },
     "keepalive": {"close_codes", "concurrency", "exceptions", "protocol"},
     "ratelimit": {"logs"},
-    "fanout": {"connection"},
+    "fanout": {"exceptions"},
     "rooms": {"fanout", "history", "hubs", "protocol", "streams", "wire"},
     "hubs": {
         "hubs",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Set, Tuple
 
-from flask_websocket.fanout import group_by_kind
+from flask_websocket.fanout import group_members
 from flask_websocket.history import Entry, Recovery
 from flask_websocket.hubs.base import KIND_ROOM, Envelope
 from flask_websocket.protocol import OP_TEXT, encode_frame
@@ -53,7 +53,7 @@ class Room:
         self.members: Dict[str, Set[Member]] = {ROOM: set()}
         self.streams = Streams(
             lambda room: self.members.get(room, set()),  # type: ignore[arg-type,return-value]
-            lambda room: group_by_kind(self.members.get(room, set())),  # type: ignore[arg-type]
+            lambda room: group_members(self.members.get(room, set())),  # type: ignore[arg-type]
             lambda id: next((m for m in self.members[ROOM] if m.assigned_id == id), None),  # type: ignore[arg-type,return-value]
         )
 
