@@ -578,7 +578,7 @@ def accepted() -> Iterator[Tuple[WebSocketConnection, socket.socket]]:
 
 
 def test_an_idle_connections_helpers_have_no_instance_dict() -> None:
-    """The read watcher, the keepalive's timer and the wake-up: slots only (memory per connection).
+    """The read watcher, the keepalive and the wake-up: slots only (memory per connection).
 
     Their abstract bases declare empty ``__slots__``, else every instance
     would carry a ``__dict__`` and a ``__weakref__`` all the same.
@@ -593,7 +593,7 @@ def test_an_idle_connections_helpers_have_no_instance_dict() -> None:
     try:
         connection.accept()
         assert connection._keepalive is not None
-        helpers = [connection._reader, connection._keepalive._timer, connection._inbox_wakeup]
+        helpers = [connection._reader, connection._keepalive, connection._inbox_wakeup]
         assert all(helper is not None for helper in helpers)
         assert [type(h).__name__ for h in helpers if hasattr(h, "__dict__")] == []
     finally:
