@@ -21,7 +21,12 @@ internal                                    what for
                                             already read); fast path: the parser is parked
                                             between frames, in ``at_eof``, not inside one;
                                             UTF-8 checked as a frame arrives: when a read
-                                            ends inside a frame
+                                            ends inside a frame; no parser at all while a
+                                            connection waits between frames (``parse()``
+                                            keeps nothing of its own from one frame to the
+                                            next, and only ``receive_data`` and
+                                            ``receive_eof`` advance it), see
+                                            :func:`restart_parser`
 ``Protocol.current_size``                   fast path and UTF-8 checks: inside a fragmented
 (15: ``cur_size``)                          message or not
 ``Protocol.max_message_size`` (15:          fast path: the size limit to enforce
@@ -86,7 +91,7 @@ import dataclasses
 import logging
 import uuid
 import zlib
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, List, Optional, Tuple, Union
 
 from websockets.datastructures import Headers
 from websockets.extensions.permessage_deflate import (
@@ -131,10 +136,32 @@ _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 _check_logger = logging.Logger("flask_websocket._websockets_internals.check")
 _check_logger.disabled = True
 
+class _NoParser(Generator[None, None, None]):
+    """``Protocol.parser`` while a server connection waits between frames without one.
+
+    Nothing steps it: :class:`ValidatingServerProtocol` starts a parser
+    before websockets' ``receive_data`` and ``receive_eof`` would (see
+    :func:`restart_parser`).
+    """
+
+    __slots__ = ()
+
+    def send(self, value: None) -> None:
+        raise RuntimeError("websockets' parser was not started: feed ValidatingServerProtocol")
+
+    def throw(self, *args: Any) -> None:
+        self.send(None)
+
+
+#: The parser of every connection that has none now (see restart_parser).
+_NO_PARSER = _NoParser()
+
 #: The code object of ``StreamReader.at_eof`` (15.0.1, 17.4): where
 #: ``Protocol.parse()`` waits between two frames, ``yield from
 #: self.reader.at_eof()``, and nowhere else while OPEN.
 _AT_EOF_CODE = StreamReader.at_eof.__code__
+#: The code object of ``Protocol.parse`` (15.0.1, 17.4), the frame parser.
+_PARSE_CODE = Protocol.parse.__code__
 
 #: The versions every internal here was checked on: the ends of TESTED_RANGE.
 CHECKED_ON = ("15.0.1", "17.4")
@@ -186,6 +213,10 @@ class ValidatingServerProtocol(_Names17, ServerProtocol):
 
     Both hook ``Protocol.recv_frame``, which ``Protocol.parse`` calls for each
     frame before adding it to the events (15.0.1, 17.4).
+
+    And while it waits between two frames it may have no parser at all
+    (:func:`restart_parser`, :meth:`ProtocolState.drop_parser`):
+    ``receive_data`` and ``receive_eof`` start one first.
     """
 
     #: Checks a fragmented text message as it arrives (its output is unused).
@@ -221,6 +252,16 @@ class ValidatingServerProtocol(_Names17, ServerProtocol):
             self.compressed_fragments = False
         Protocol.recv_frame(self, frame)
 
+    def receive_data(self, data: Union[bytes, bytearray]) -> None:
+        if self.parser is _NO_PARSER:
+            _start_parser(self)
+        Protocol.receive_data(self, data)
+
+    def receive_eof(self) -> None:
+        if self.parser is _NO_PARSER:
+            _start_parser(self)
+        Protocol.receive_eof(self)
+
 
 def _inflating(ws: Protocol) -> bool:
     """True when the fragmented message just begun is compressed.
@@ -251,16 +292,21 @@ def open_client_protocol(max_size: Optional[int], logger: logging.Logger) -> Pro
     return _ClientProtocol(Side.CLIENT, state=_OPEN, max_size=max_size, logger=logger)
 
 
-def restart_parser(ws: ServerProtocol) -> None:
+def restart_parser(ws: ValidatingServerProtocol) -> None:
     """Parse frames from now on: call after ``accept()`` answered ``101``.
 
     The server's parser started in CONNECTING state, waiting for an HTTP
     request that uWSGI already parsed. The base class's ``parse()`` reads
     frames only (one generator less than ``ServerProtocol.parse``, which
     would delegate to it). ``Protocol.parser`` and ``Protocol.parse``: 15.0.1, 17.4.
+
+    The new parser is only started by the first bytes the fast path leaves
+    to websockets (:meth:`ValidatingServerProtocol.receive_data`): the
+    frames of most connections never need it, and the two generators of a
+    parser waiting between frames (``parse()`` and ``at_eof()``) take some
+    440 bytes per idle connection.
     """
-    ws.parser = Protocol.parse(ws)
-    next(ws.parser)
+    ws.parser = _NO_PARSER
     # Per-connection objects websockets keeps for nothing here (an idle
     # connection should cost little): its ``id`` (a UUID, for its own log
     # lines, which this package does not use) and an empty extension list,
@@ -332,9 +378,11 @@ class ProtocolState:
         ws = self._ws
         if ws.reader.buffer or ws.current_size is not None or ws._state is not _OPEN:
             return -1
-        waiting_in = ws.parser.gi_yieldfrom  # type: ignore[attr-defined]
-        if waiting_in is None or waiting_in.gi_code is not _AT_EOF_CODE:
-            return -1
+        parser = ws.parser
+        if parser is not _NO_PARSER:
+            waiting_in = parser.gi_yieldfrom  # type: ignore[attr-defined]
+            if waiting_in is None or waiting_in.gi_code is not _AT_EOF_CODE:
+                return -1
         limit: Optional[int] = ws.max_message_size
         return NO_LIMIT if limit is None else limit
 
@@ -348,8 +396,27 @@ class ProtocolState:
         ws = self._ws
         if ws.reader.buffer:
             return False
-        waiting_in = ws.parser.gi_yieldfrom  # type: ignore[attr-defined]
+        parser = ws.parser
+        if parser is _NO_PARSER:
+            return True
+        waiting_in = parser.gi_yieldfrom  # type: ignore[attr-defined]
         return waiting_in is not None and waiting_in.gi_code is _AT_EOF_CODE
+
+    def drop_parser(self) -> None:
+        """Let go of a server connection's parser if it waits between two frames.
+
+        The next bytes websockets gets start a new one, which goes on
+        exactly where this one was: ``parse()`` keeps nothing of its own
+        from one frame to the next (checked by :func:`check`). Not the
+        parser that discards what comes after a close (``discard()``).
+        """
+        ws = self._ws
+        if (
+            isinstance(ws, ValidatingServerProtocol)
+            and getattr(ws.parser, "gi_code", None) is _PARSE_CODE
+            and self.parked_between_frames()
+        ):
+            ws.parser = _NO_PARSER
 
     def text_fragments_state(self) -> Optional[Tuple[bytes, int]]:
         """Inside a fragmented text message, the UTF-8 decoder's state after its last whole frame.
@@ -362,6 +429,11 @@ class ProtocolState:
         if decoder is None or getattr(ws, "compressed_fragments", False):
             return None  # (the bytes of a compressed message are not its text)
         return decoder.getstate()
+
+
+def _start_parser(ws: Protocol) -> None:
+    ws.parser = Protocol.parse(ws)
+    next(ws.parser)
 
 
 # -- the check -----------------------------------------------------------------
@@ -482,11 +554,52 @@ def _check_recv_frame_hook() -> None:
 
 
 def _snapshot(ws: Protocol) -> Dict[str, Any]:
+    # (Not the parser: the fast path leaves it alone, and whether there is one
+    # is this module's business, see _check_parser_starts_anew.)
     return {
         name: copy.copy(value) if isinstance(value, (list, bytearray, dict)) else value
         for name, value in vars(ws).items()
-        if name != "events"
+        if name not in ("events", "parser")
     }
+
+
+def _outcome(ws: Protocol) -> Tuple[Any, ...]:
+    events = ws.events_received()
+    frames = [(e.opcode, e.fin, bytes(e.data)) for e in events if isinstance(e, Frame)]
+    return (frames, ws.data_to_send(), ws._state, ws.current_size, ws.close_rcvd, ws.close_sent)
+
+
+def _check_parser_starts_anew() -> None:
+    """A parser dropped between frames and started again parses on as the first one."""
+    fragmented = [
+        _client_frame(0x1, b"frag", fin=False),
+        _client_frame(0x9, b"ping"),
+        _client_frame(0x0, b"ment\xc3", fin=False),
+        _client_frame(0x0, b"\xa9"),
+        _client_frame(0x2, b"binary"),
+    ]
+    endings: List[List[bytes]] = [[], [_client_frame(0x8, Close(1000, "").serialize())]]
+    for ending in endings:
+        for eof in (False, True):
+            kept, dropped = _open_server(), _open_server()
+            kept.receive_data(b"")  # a parser that is never dropped
+            for data in [*fragmented, *ending]:
+                kept.receive_data(data)
+                ProtocolState(dropped).drop_parser()
+                if dropped._state is _OPEN:
+                    assert dropped.parser is _NO_PARSER, "drop_parser() kept the parser"
+                dropped.receive_data(data)
+                assert dropped.parser is not _NO_PARSER, "receive_data() started no parser"
+                assert _outcome(dropped) == _outcome(kept), (
+                    f"a parser started anew between frames parses {data!r} differently"
+                )
+            if eof:
+                ProtocolState(dropped).drop_parser()
+                kept.receive_eof()
+                dropped.receive_eof()
+                assert _outcome(dropped) == _outcome(kept), (
+                    "a parser started anew at the end of the stream ends it differently"
+                )
 
 
 def _check_simple_frames_change_nothing() -> None:
@@ -572,6 +685,7 @@ _CHECKS: Tuple[Tuple[str, Callable[[], None]], ...] = (
     ("current_size and max_message_size", _check_sizes),
     ("Protocol.recv_frame hook", _check_recv_frame_hook),
     ("fast path skips no state", _check_simple_frames_change_nothing),
+    ("a parser started anew between frames", _check_parser_starts_anew),
     ("close_rcvd and close_sent", _check_close_frames),
     ("ServerProtocol.subprotocol", _check_subprotocol),
     ("apply_mask", _check_apply_mask),

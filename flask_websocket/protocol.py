@@ -120,6 +120,7 @@ class CloseStarted(NamedTuple):
 ProtocolEvent = Union[PongReceived, CloseStarted]
 
 _NO_EVENTS: Tuple[ProtocolEvent, ...] = ()
+_DATA_OPCODES = frozenset((Opcode.TEXT, Opcode.BINARY, Opcode.CONT))
 
 
 def encode_frame(opcode: int, payload: bytes) -> bytes:
@@ -373,6 +374,12 @@ class MessageProtocol(ProtocolState):
         if fast_path and ws.state is State.OPEN:
             if self.parked_between_frames():  # every frame fed was whole
                 self._tracked = None
+                if self._partial is None and not any(f.opcode in _DATA_OPCODES for f in frames):
+                    # Control frames only (a keepalive's pong), no message in
+                    # progress: what comes next is most likely for the fast
+                    # path, or nothing for a long while. An idle connection
+                    # keeps no parser (see restart_parser).
+                    self.drop_parser()
             else:  # what was fed ends inside a frame: check its text now
                 self._track(fed)
         if was_open and not self.open:

@@ -577,6 +577,31 @@ def accepted() -> Iterator[Tuple[WebSocketConnection, socket.socket]]:
     client.close()
 
 
+def test_an_idle_connections_helpers_have_no_instance_dict() -> None:
+    """The read watcher, the keepalive and the wake-up: slots only (memory per connection).
+
+    Their abstract bases declare empty ``__slots__``, else every instance
+    would carry a ``__dict__`` and a ``__weakref__`` all the same.
+    """
+    from flask_websocket.concurrency.gevent import GeventBackend
+
+    server, client = socket.socketpair()
+    server.setblocking(False)
+    connection = WebSocketConnection(
+        open_server(), GeventBackend("gevent"), ConnectionOptions(ping_interval=30), lambda: server
+    )
+    try:
+        connection.accept()
+        assert connection._keepalive is not None
+        helpers = [connection._reader, connection._keepalive, connection._inbox_wakeup]
+        assert all(helper is not None for helper in helpers)
+        assert [type(h).__name__ for h in helpers if hasattr(h, "__dict__")] == []
+    finally:
+        connection._teardown(lost=True)
+        server.close()
+        client.close()
+
+
 def test_offer_frame_after_our_close_sends_nothing_more(
     accepted: Tuple[WebSocketConnection, socket.socket],
 ) -> None:

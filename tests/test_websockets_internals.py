@@ -41,6 +41,49 @@ def test_the_fast_path_is_taken() -> None:
     assert server.receive(data) == (["text", b"binary" * 100], ())
 
 
+def test_an_idle_connection_keeps_no_parser() -> None:
+    """No websockets parser after the handshake, nor once a pong was taken."""
+    server = open_server()
+    assert server._ws.parser is internals._NO_PARSER
+    assert server.receive(client_frame(0x1, b"fast path")) == (["fast path"], ())
+    assert server._ws.parser is internals._NO_PARSER
+    messages, events = server.receive(client_frame(0xA, b"pong"))
+    assert (messages, [type(e).__name__ for e in events]) == ([], ["PongReceived"])
+    assert server._ws.parser is internals._NO_PARSER
+    server.receive(client_frame(0x9, b"ping"))
+    assert server.data_to_send() == [b"\x8a\x04ping"]  # answered by a parser started for it
+    assert server._ws.parser is internals._NO_PARSER
+
+
+def test_the_parser_stays_while_data_frames_need_it() -> None:
+    """Not started again for every large or fragmented frame: kept after data frames."""
+    server = open_server()
+    big = b"x" * 70_000  # a 64-bit length: never the fast path
+    assert server.receive_data(client_frame(0x2, big)) == [big]
+    parser = server._ws.parser
+    assert parser is not internals._NO_PARSER
+    assert server.receive_data(client_frame(0x2, big)) == [big]
+    assert server._ws.parser is parser
+    server.receive(client_frame(0x1, b"frag", fin=False))
+    server.receive(client_frame(0xA, b"pong"))  # between fragments: kept
+    assert server._ws.parser is parser
+    assert server.receive_data(client_frame(0x0, b"ment")) == ["fragment"]
+    assert server._ws.parser is parser
+
+
+def test_end_of_stream_without_a_parser_fails_the_connection() -> None:
+    server = open_server()
+    assert server._ws.parser is internals._NO_PARSER
+    server.receive_eof()
+    assert server.closed
+    assert server.closed_exception().code == 1006
+
+
+def test_no_parser_is_never_stepped_by_mistake() -> None:
+    with pytest.raises(RuntimeError, match="not started"):
+        next(internals._NO_PARSER)
+
+
 # -- the check notices when an assumption breaks ------------------------------------
 
 
@@ -55,8 +98,11 @@ def test_check_notices_a_parser_that_no_longer_parks_in_at_eof(
     monkeypatch.setattr(StreamReader, "at_eof", at_eof)
     problems = internals.check()
     assert any(p.startswith("parser parked in StreamReader.at_eof") for p in problems), problems
-    # ... and the fast path would have gone quiet: that is why it refuses to load.
-    assert open_server().simple_frame_limit() == -1
+    # ... and the fast path would have gone quiet after the first frame the
+    # parser took: that is why it refuses to load.
+    server = open_server()
+    server.receive(client_frame(0x9, b"ping"))
+    assert server.simple_frame_limit() == -1
 
 
 def test_check_notices_a_renamed_state_attribute(monkeypatch: pytest.MonkeyPatch) -> None:
