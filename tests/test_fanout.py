@@ -17,9 +17,9 @@ import gevent
 import pytest
 from websockets.frames import Opcode
 
+from flask_websocket import HubError
 from flask_websocket.concurrency.gevent import GeventBackend
 from flask_websocket.connection import ConnectionOptions, WebSocketConnection
-from flask_websocket import HubError
 from flask_websocket.hubs.base import KIND_ROOM, Envelope
 from flask_websocket.hubs.memory import MemoryHub
 from flask_websocket.protocol import OP_TEXT
