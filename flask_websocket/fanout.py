@@ -176,28 +176,15 @@ def offer_frame_to_each(
     """Offer ``frame`` to each of ``connections`` but ``skipped``; how many took it.
 
     :meth:`~flask_websocket.connection.WebSocketConnection.offer_frame` for
-    each, its fast path inline: each member's ``_direct_fd`` is read as its
-    turn comes. Under ``WEBSOCKET_SEND_QUEUE_OVERFLOW = "raise"`` a full
-    queue drops the frame for that member, with a warning.
+    each, which reads the member's state as its turn comes: the path of the
+    members without a direct fd, of the rest of a broadcast after a failed
+    write, and of members compressing with context takeover. Under
+    ``WEBSOCKET_SEND_QUEUE_OVERFLOW = "raise"`` a full queue drops the frame
+    for that member, with a warning.
     """
-    write = _write_fd
-    size = len(frame)
     delivered = 0
     for connection in connections:
         if connection is skipped:
-            continue
-        fd = connection._direct_fd
-        if fd is not None:
-            try:
-                sent = write(fd, frame)
-            except _BlockingErrors:
-                sent = 0
-            except OSError:
-                connection._connection_lost()
-                continue
-            delivered += 1
-            if sent != size:
-                connection._queue(memoryview(frame)[sent:] if sent else frame)
             continue
         try:
             if connection.offer_frame(frame):

@@ -112,8 +112,8 @@ class RoomRegistry:
         limits = hub.history.limits_for(room) if hub is not None else None
         if limits is not None:
             self.streams.start_catching_up(connection, room, "", 0)  # live ones wait from now
-        members.add(connection)
-        self._groups.pop(room, None)  # before the hooks: they may wait (redis: SUBSCRIBE)
+        members.add(connection)  # before the hooks: they may wait (redis: SUBSCRIBE)
+        self._groups.pop(room, None)
         if hub is not None:
             if new_room:
                 hub._room_joined(room)
