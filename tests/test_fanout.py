@@ -13,7 +13,6 @@ from __future__ import annotations
 import socket
 from typing import Iterator, List, Tuple
 
-import gevent
 import pytest
 from websockets.frames import Opcode
 
@@ -24,6 +23,7 @@ from flask_websocket.hubs.base import KIND_ROOM, Envelope
 from flask_websocket.hubs.memory import MemoryHub
 from flask_websocket.protocol import OP_TEXT
 from flask_websocket.rooms import RoomRegistry
+from tests.test_connection import _read_all
 from tests.test_protocol import open_server, parse_server_frames
 
 ROOM = "lobby"
@@ -79,22 +79,10 @@ def room() -> Iterator[Room]:
 
 def received(client: socket.socket, rounds: int = 200) -> List[Tuple[Opcode, bytes]]:
     """The frames the peer can read now (letting the loop flush what was queued)."""
-    chunks: List[bytes] = []
-    idle = 0
-    for _ in range(rounds):  # bounded: at most `rounds` short waits
-        try:
-            data = client.recv(1 << 20)
-        except BlockingIOError:
-            idle += 1
-            if idle > 20:
-                break
-            gevent.sleep(0.005)
-            continue
-        if not data:
-            break
-        idle = 0
-        chunks.append(data)
-    return [(frame.opcode, bytes(frame.data)) for frame in parse_server_frames(chunks)]
+    return [
+        (frame.opcode, bytes(frame.data))
+        for frame in parse_server_frames(_read_all(client, rounds))
+    ]
 
 
 def texts(client: socket.socket, rounds: int = 200) -> List[str]:
@@ -208,6 +196,7 @@ def test_a_join_the_hub_fails_leaves_the_connection_out_of_the_room(room: Room) 
     Otherwise it would get the room's broadcasts after ``join`` raised, and
     stay in the room after it closed.
     """
+
     class FailingHub(MemoryHub):
         def _member_joined(self, room_name: str, connection_id: str) -> None:
             raise HubError("the hub is down")
