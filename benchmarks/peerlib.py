@@ -320,6 +320,7 @@ class Peer:
     hubs: dict = field(default_factory=dict)
     fanout_note: str = ""
     cannot: dict = field(default_factory=dict)
+    code_root: str | None = None  # kind uwsgi: import the package from here (--baseline)
 
     def server(
         self, scenario: str, log_path: str, conns: int, hub: str | None = None, **kw
@@ -355,6 +356,7 @@ class Peer:
                 extra_env=env,
                 expect_workers=processes,
                 cores=cores,
+                code_root=self.code_root,
             )
         return ProcessServer(
             name=self.name,

@@ -36,6 +36,7 @@ Usage::
     python benchmarks/peers.py --quick      # small sizes, 1 round: a few minutes
     python benchmarks/peers.py --publish    # ... and copy the tables and plots to docs/
     python benchmarks/peers.py --from-json benchmarks/results/peers-STAMP.json --publish
+    python benchmarks/peers.py --scenarios connect --baseline REF   # ours, before and after
 
 Writes ``benchmarks/results/peers-<stamp>.json`` (everything), ``.md`` (the
 tables) and ``peers-<stamp>-<scenario>.png``; ``--publish`` copies the tables
@@ -49,12 +50,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
+import dataclasses
 import json
 import math
 import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from array import array
 from dataclasses import dataclass
@@ -183,6 +187,20 @@ def rows_for(scenario: str, sc: Scenario, names: list[str]) -> list[dict]:
         if reason:
             rows.append({"row": name, "server": name, "hub": None, "cannot": reason})
     return rows
+
+
+def add_baseline_peer(commit: str, code_root: str | None) -> str:
+    """Register flask-websocket on uWSGI + gevent at git commit ``commit``; its name.
+
+    For before/after figures in one run (``--baseline REF``): the same
+    server and apps, the package of that commit (``bl.export_code``).
+    """
+    name = f"{OURS}@{commit}"
+    ours = peerlib.PEERS[OURS]
+    peerlib.PEERS[name] = dataclasses.replace(
+        ours, name=name, label=f"{ours.label} at {commit}", code_root=code_root
+    )
+    return name
 
 
 def row_label(row: dict) -> str:
@@ -791,8 +809,13 @@ def parse_args(argv):
                     help="copy the tables and plots to docs/_static/benchmarks/")  # fmt: skip
     ap.add_argument("--from-json", default=None,
                     help="do not run: render (and --publish) an earlier run's JSON")  # fmt: skip
+    ap.add_argument("--baseline", metavar="REF", default=None,
+                    help=f"also run {OURS} on the code of this git commit, next to the current "
+                         "code (before/after figures; not with --publish)")  # fmt: skip
     bl.add_quiet_args(ap, retry_noisy=1)
     args = ap.parse_args(argv)
+    if args.baseline and args.publish:
+        ap.error("--baseline is for before/after figures: the docs page shows one code")
     defaults = {
         "rounds": 3, "duration": 5.0, "warmup": 1.0, "subscribers": "1000,10000",
         "broadcasts": 100, "idle_connections": 10000, "connect_connections": 1000,
@@ -838,6 +861,8 @@ def main(argv=None) -> int:
             data = json.load(f)
         saved = SimpleNamespace(**{**vars(args), **data["args"]})
         saved.subscribers = data["args"]["subscribers"]
+        if data["args"].get("baseline_commit"):
+            add_baseline_peer(data["args"]["baseline_commit"], None)
         scs = scenarios(saved)
         for scenario, summ in data["summary"].items():  # runs made before "better" was saved
             summ.setdefault("better", scs[scenario].metrics[0].better)
@@ -861,6 +886,13 @@ def main(argv=None) -> int:
         sys.exit(
             f"missing packages ({', '.join(missing)}): pip install -r benchmarks/requirements.txt"
         )
+    if args.baseline:
+        code_root = tempfile.mkdtemp(prefix="peers-baseline-")
+        atexit.register(shutil.rmtree, code_root, True)
+        args.baseline_commit = bl.export_code(args.baseline, code_root)
+        name = add_baseline_peer(args.baseline_commit, code_root)
+        at = args.servers.index(OURS) + 1 if OURS in args.servers else 0
+        args.servers.insert(at, name)
     skip_redis = broadcast.redis_unavailable()
     plan = {s: rows_for(s, sc, args.servers) for s, sc in scs.items()}
     if skip_redis:

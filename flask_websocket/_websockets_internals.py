@@ -38,6 +38,11 @@ internal                                    what for
 ``Protocol.close_rcvd``, ``close_sent``     close code and reason while CLOSING
                                             (``close_exc`` only exists once CLOSED)
 ``ServerProtocol.subprotocol``              the subprotocol ``accept()`` chose
+``ServerProtocol.origins``,                 a handshake that can negotiate nothing is checked
+``available_extensions``,                   from the WSGI environ without ``accept()``, and
+``available_subprotocols``; ``accept()``    the protocol opened as ``accept()`` would (see
+changes nothing else when it negotiates     :func:`negotiates_nothing`, :func:`open_checked`)
+nothing
 ``websockets.speedups.apply_mask``          fast path: C unmasking (``websockets.utils``'
                                             pure-Python twin where the C one is missing)
 ``Protocol.recv_frame`` for a final data    fast path: skipping the parser for such a frame
@@ -135,6 +140,7 @@ _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 # Silent and not registered: the check's handshakes must not reach the app's logs.
 _check_logger = logging.Logger("flask_websocket._websockets_internals.check")
 _check_logger.disabled = True
+
 
 class _NoParser(Generator[None, None, None]):
     """``Protocol.parser`` while a server connection waits between frames without one.
@@ -315,6 +321,32 @@ def restart_parser(ws: ValidatingServerProtocol) -> None:
     ws.id = _SHARED_ID
     if not ws.extensions:
         ws.extensions = _NO_EXTENSIONS
+
+
+def negotiates_nothing(ws: ValidatingServerProtocol) -> bool:
+    """True when ``accept()`` could agree on nothing beyond the connection itself.
+
+    No origins to check, no extension and no subprotocol offered by the
+    server (``ServerProtocol.origins``, ``available_extensions``,
+    ``available_subprotocols``: 15.0.1, 17.4; websockets then does not parse
+    the client's ``Sec-WebSocket-Extensions`` at all). Such a handshake can
+    be checked without building a websockets ``Request``: see
+    :meth:`flask_websocket.protocol.ServerProtocol.accept_environ`.
+    """
+    return ws.origins is None and not ws.available_extensions and not ws.available_subprotocols
+
+
+def open_checked(ws: ValidatingServerProtocol) -> None:
+    """Open a server protocol whose handshake the caller checked and answered.
+
+    What ``accept()`` followed by ``send_response()`` of its ``101`` leaves,
+    for a handshake that negotiated nothing (:func:`negotiates_nothing`):
+    the state OPEN, ``accept_called``, and no output (the response is
+    uWSGI's to write). :func:`_check_open_checked` compares the two.
+    """
+    ws.accept_called = True
+    ws.state = _OPEN
+    restart_parser(ws)
 
 
 class ProtocolState:
@@ -631,6 +663,25 @@ def _check_subprotocol() -> None:
     assert ws.subprotocol == "chat", "ServerProtocol.subprotocol is not the one chosen"
 
 
+def _check_open_checked() -> None:
+    accepted = _open_server(max_size=1000)
+    checked = ValidatingServerProtocol(max_size=1000, logger=_check_logger)
+    assert negotiates_nothing(checked), "a server with no options negotiates something"
+    with_options = ValidatingServerProtocol(subprotocols=["chat"], logger=_check_logger)  # type: ignore[list-item]
+    assert not negotiates_nothing(with_options), "a server with a subprotocol negotiates nothing"
+    open_checked(checked)
+    before, after = _snapshot(accepted), _snapshot(checked)
+    # (A StreamReader each, compared by what they hold.)
+    assert vars(accepted.reader) == vars(checked.reader), "the two readers differ"
+    names = (before.keys() | after.keys()) - {"reader"}
+    changed = sorted(n for n in names if before.get(n) != after.get(n))
+    assert not changed, "accept() leaves a state open_checked() does not: " + ", ".join(changed)
+    frames = _client_frame(0x1, b"text") + _client_frame(0x8, Close(1000, "").serialize())
+    accepted.receive_data(frames)
+    checked.receive_data(frames)
+    assert _outcome(accepted) == _outcome(checked), "open_checked() parses differently"
+
+
 def _check_apply_mask() -> None:
     masked = apply_mask(b"\x01\x02\x03\x04\x05", b"\x01\x02\x03\x04")
     assert masked == b"\x00\x00\x00\x00\x04", "apply_mask does not unmask"
@@ -688,6 +739,7 @@ _CHECKS: Tuple[Tuple[str, Callable[[], None]], ...] = (
     ("a parser started anew between frames", _check_parser_starts_anew),
     ("close_rcvd and close_sent", _check_close_frames),
     ("ServerProtocol.subprotocol", _check_subprotocol),
+    ("a handshake that negotiates nothing", _check_open_checked),
     ("apply_mask", _check_apply_mask),
     ("permessage-deflate", _check_deflate),
     ("client protocol", _check_client_protocol),

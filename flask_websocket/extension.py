@@ -55,7 +55,7 @@ from .hubs.base import (
     close_payload,
 )
 from .origins import OriginPolicy
-from .protocol import OP_TEXT, ServerProtocol, encode_message, request_headers_from_environ
+from .protocol import OP_TEXT, ServerProtocol, encode_message
 from .rooms import RoomRegistry
 
 __all__ = ["CONFIG_DEFAULTS", "WebSocket", "default_hub_name"]
@@ -734,8 +734,7 @@ def _open(route: _Route, state: _State, config: Any, environ: Dict[str, Any], me
         deflate=options.compression.factory() if options.compression is not None else None,
     )
     try:
-        headers = request_headers_from_environ(environ)
-        handshake = protocol.accept(method, environ.get("PATH_INFO", "/"), headers)
+        handshake = protocol.accept_environ(method, environ)
     except InvalidHeader as exc:  # a control character in a header: the client's error
         body = f"Bad request: invalid {exc.name} header.\n"  # not its value: no echo
         return Response(body, 400, {"Content-Type": "text/plain; charset=utf-8"})

@@ -22,8 +22,12 @@ hands bytes out. ``connection.py`` does the I/O.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import codecs
+import email.utils
 import logging
+import re
 import struct
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -46,6 +50,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import Protocol as _WebsocketsProtocol
 from websockets.protocol import State
+from websockets.utils import accept_key
 
 from ._websockets_internals import (
     REQUEST_HAS_METHOD,
@@ -53,6 +58,8 @@ from ._websockets_internals import (
     ValidatingServerProtocol,
     apply_mask,
     negotiated_deflate,
+    negotiates_nothing,
+    open_checked,
     open_client_protocol,
     restart_parser,
 )
@@ -180,6 +187,57 @@ def request_headers_from_environ(environ: Mapping[str, object]) -> Headers:
         if isinstance(value, str) and value:
             headers[key.replace("_", "-").title()] = value
     return headers
+
+
+#: A header value websockets' ``Headers`` takes (``websockets.datastructures``, 17.4).
+_valid_header_values = re.compile(r"[\x09\x20-\x7e\x80-\xff]*").fullmatch
+#: A ``Connection`` header that is a plain list of tokens (RFC 7230), which
+#: websockets' ``parse_connection`` parses without complaint.
+_TOKEN = r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_token_list = re.compile(rf"{_TOKEN}(?:[ \t]*,[ \t]*{_TOKEN})*").fullmatch
+
+
+def _plain_handshake_accept(environ: Mapping[str, object]) -> Optional[str]:
+    """The ``Sec-WebSocket-Accept`` of a plainly valid handshake, else ``None``.
+
+    Plainly valid: every check websockets' ``accept()`` makes passes in the
+    common form (``Upgrade: websocket``, ``Connection`` a list of tokens
+    with ``Upgrade`` in it, a key of 16 bytes in base64, version 13, no
+    ``Sec-WebSocket-Protocol``, every header value one websockets takes).
+    Anything else, valid or not, is left to websockets, which then answers
+    exactly as before; ``tests/test_protocol.py`` compares the two on a set
+    of valid and broken handshakes.
+    """
+    upgrade = environ.get("HTTP_UPGRADE")
+    connection = environ.get("HTTP_CONNECTION")
+    key = environ.get("HTTP_SEC_WEBSOCKET_KEY")
+    if (
+        not isinstance(upgrade, str)
+        or upgrade.lower() != "websocket"
+        or environ.get("HTTP_SEC_WEBSOCKET_VERSION") != "13"
+        or "HTTP_SEC_WEBSOCKET_PROTOCOL" in environ
+        or not isinstance(connection, str)
+        or not isinstance(key, str)
+        or _token_list(connection) is None
+        or "upgrade" not in [token.strip() for token in connection.lower().split(",")]
+    ):
+        return None
+    try:
+        if len(base64.b64decode(key.encode(), validate=True)) != 16:
+            return None
+    except (binascii.Error, UnicodeEncodeError):
+        return None
+    values = [
+        value
+        for name, value in environ.items()
+        if isinstance(value, str) and (name.startswith("HTTP_") or name in _BODY_HEADERS)
+    ]
+    if _valid_header_values("".join(values)) is None:
+        return None
+    return accept_key(key)
+
+
+_BODY_HEADERS = ("CONTENT_TYPE", "CONTENT_LENGTH")
 
 
 class _TrackedFrame:
@@ -600,6 +658,36 @@ class ServerProtocol(MessageProtocol):
         return negotiated_deflate(self._ws)
 
     # -- opening handshake -------------------------------------------------
+
+    def accept_environ(self, method: str, environ: Mapping[str, object]) -> HandshakeResponse:
+        """:meth:`accept` for the request of a WSGI environ.
+
+        A handshake that negotiates nothing (no subprotocol, extension or
+        origin list given to this protocol) and is plainly valid is checked
+        and answered here, from the environ, without rebuilding the request
+        for websockets (about a quarter of the time of :meth:`accept`); every
+        other one goes to :meth:`accept`. The answer is the same either way.
+        Raises websockets' ``InvalidHeader`` for a header value with a
+        control character, as :func:`request_headers_from_environ` does.
+        """
+        server = self._ws
+        if method == "GET" and negotiates_nothing(server):
+            accept = _plain_handshake_accept(environ)
+            if accept is not None:
+                open_checked(server)
+                return HandshakeResponse(
+                    101,
+                    "Switching Protocols",
+                    [
+                        ("Date", email.utils.formatdate(usegmt=True)),
+                        ("Upgrade", "websocket"),
+                        ("Connection", "Upgrade"),
+                        ("Sec-WebSocket-Accept", accept),
+                    ],
+                )
+        path = environ.get("PATH_INFO")
+        headers = request_headers_from_environ(environ)
+        return self.accept(method, path if isinstance(path, str) else "/", headers)
 
     def accept(self, method: str, path: str, headers: Headers) -> HandshakeResponse:
         """Check an opening handshake request and build the answer.

@@ -79,3 +79,34 @@ def test_socketio_binary_echo_and_fanout(tmp_path: Path) -> None:
     assert res["received_unique"] == 2 * 4
     assert (res["lost"], res["duplicates"], res["out_of_order"], res["garbled"]) == (0, 0, 0, 0)
     assert res["unexpected_frames"] == 0
+
+
+def test_baseline_runs_the_code_of_a_commit(tmp_path: Path) -> None:
+    """--baseline REF: flask-websocket once more, importing that commit's package."""
+    import peers
+
+    code_root = tmp_path / "code"
+    code_root.mkdir()
+    commit = benchlib.export_code("HEAD", str(code_root))
+    name = peers.add_baseline_peer(commit, str(code_root))
+    try:
+        peer = peerlib.PEERS[name]
+        assert name == f"{peers.OURS}@{commit}" and commit in peer.label
+        with peer.server("echo", str(tmp_path / "server.log"), conns=4) as server:
+            res = _echo(server)
+            (worker,) = server.workers
+            assert os.readlink(f"/proc/{worker.pid}/cwd") == str(code_root)
+            environ = Path(f"/proc/{worker.pid}/environ").read_bytes().split(b"\0")
+            assert any(e.startswith(f"PYTHONPATH={code_root}".encode()) for e in environ)
+            server.check_alive()
+        assert res["messages"] > 0 and res["mismatches"] == 0, server.log_tail()
+    finally:
+        del peerlib.PEERS[name]
+
+
+def test_baseline_is_not_published() -> None:
+    import peers
+
+    with pytest.raises(SystemExit):
+        peers.parse_args(["--baseline", "HEAD", "--publish"])
+    assert peers.parse_args(["--baseline", "HEAD"]).baseline == "HEAD"

@@ -10,6 +10,7 @@ from typing import List, Optional, Tuple
 
 import pytest
 from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHeader
 from websockets.frames import Close, Frame, Opcode
 from websockets.streams import StreamReader
 
@@ -632,3 +633,145 @@ def test_closing_releases_a_held_failure_with_its_own_code(how: str) -> None:
         server.fail(1011, "internal error")
     assert not server.failure_held
     assert close_code_sent(server) == 1007
+
+
+# -- the handshake checked from the environ -------------------------------------
+
+_RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def handshake_environ(**change: Optional[str]) -> dict:
+    environ: dict = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/chat",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "127.0.0.1:8080",
+        "HTTP_UPGRADE": "websocket",
+        "HTTP_CONNECTION": "Upgrade",
+        "HTTP_SEC_WEBSOCKET_KEY": _RFC_KEY,
+        "HTTP_SEC_WEBSOCKET_VERSION": "13",
+        "HTTP_USER_AGENT": "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0",
+        "wsgi.input": object(),
+    }
+    for name, value in change.items():
+        if value is None:
+            environ.pop(name, None)
+        else:
+            environ[name] = value
+    return environ
+
+
+#: Handshakes answered from the environ: (changes to the environ).
+PLAIN_HANDSHAKES = [
+    {},
+    {"HTTP_CONNECTION": "keep-alive, Upgrade"},
+    {"HTTP_CONNECTION": "upgrade"},
+    {"HTTP_CONNECTION": "Upgrade,HTTP2-Settings"},
+    {"HTTP_UPGRADE": "WebSocket"},
+    {"HTTP_SEC_WEBSOCKET_EXTENSIONS": "permessage-deflate; client_max_window_bits"},
+    {"HTTP_ORIGIN": "http://127.0.0.1:8080", "CONTENT_TYPE": "text/plain"},
+    {"HTTP_USER_AGENT": "tab\there, and UTF-8 \xe9"},
+]
+
+#: Handshakes left to websockets: valid ones it negotiates, and broken ones.
+OTHER_HANDSHAKES = [
+    {"HTTP_SEC_WEBSOCKET_PROTOCOL": "chat"},
+    {"HTTP_SEC_WEBSOCKET_PROTOCOL": "@@ bad"},
+    {"HTTP_CONNECTION": "keep-alive"},
+    {"HTTP_CONNECTION": "Upgrade, @@@"},
+    {"HTTP_CONNECTION": "Upgrade,, keep-alive"},
+    {"HTTP_CONNECTION": None},
+    {"HTTP_UPGRADE": "websocket, h2c"},
+    {"HTTP_UPGRADE": "h2c"},
+    {"HTTP_UPGRADE": None},
+    {"HTTP_SEC_WEBSOCKET_KEY": None},
+    {"HTTP_SEC_WEBSOCKET_KEY": "short"},
+    {"HTTP_SEC_WEBSOCKET_KEY": base64.b64encode(b"x" * 17).decode()},
+    {"HTTP_SEC_WEBSOCKET_KEY": "!!!!!!!!!!!!!!!!!!!!!!!="},
+    {"HTTP_SEC_WEBSOCKET_KEY": "d\xe9lIHNhbXBsZSBub25jZQ=="},
+    {"HTTP_SEC_WEBSOCKET_VERSION": None},
+    {"HTTP_SEC_WEBSOCKET_VERSION": "8"},
+    {"HTTP_SEC_WEBSOCKET_VERSION": "13, 8"},
+]
+
+#: Handshakes with a header value websockets' ``Headers`` refuses.
+CONTROL_CHARACTER_HANDSHAKES = [
+    {"HTTP_X_JUNK": "a\x01b"},
+    {"HTTP_USER_AGENT": "a\x7fb"},
+    {"CONTENT_TYPE": "text/\x00plain"},
+]
+
+
+def _answer(response) -> Tuple[int, str, List[Tuple[str, str]], bytes]:  # type: ignore[no-untyped-def]
+    headers = [(name, value) for name, value in response.headers if name != "Date"]
+    return response.status, response.reason, headers, response.body
+
+
+def _counting_accept(monkeypatch: pytest.MonkeyPatch) -> List[int]:
+    calls: List[int] = []
+    accept = ServerProtocol.accept
+
+    def counted(self: ServerProtocol, *args: object) -> object:
+        calls.append(1)
+        return accept(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ServerProtocol, "accept", counted)
+    return calls
+
+
+@pytest.mark.parametrize("change", PLAIN_HANDSHAKES + OTHER_HANDSHAKES)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_accept_environ_answers_as_accept(
+    change: dict, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    environ = handshake_environ(**change)
+    expected_server = ServerProtocol(max_message_size=1000)
+    expected = expected_server.accept(method, "/chat", request_headers_from_environ(environ))
+    calls = _counting_accept(monkeypatch)
+    server = ServerProtocol(max_message_size=1000)
+    answer = server.accept_environ(method, environ)
+    assert _answer(answer) == _answer(expected)
+    assert ("Date" in dict(answer.headers)) == ("Date" in dict(expected.headers))
+    assert server.open == expected_server.open
+    plain = change in PLAIN_HANDSHAKES and method == "GET"
+    assert calls == ([] if plain else [1]), "websockets answered" if calls else "not websockets"
+    if server.open:  # and it reads frames as one opened by accept() does
+        data = client_frame(OP_TEXT, "h\xe9".encode()) + client_frame(OP_BINARY, b"\x00" * 2000)
+        assert server.receive_data(data) == expected_server.receive_data(data)
+        close = client_frame(Opcode.CLOSE, Close(1000, "").serialize())
+        assert server.receive(close)[1] == expected_server.receive(close)[1]
+        assert server.data_to_send() == expected_server.data_to_send()
+
+
+def test_accept_environ_rfc_example_key() -> None:
+    answer = ServerProtocol().accept_environ("GET", handshake_environ())
+    assert answer.status == 101
+    assert ("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=") in answer.headers
+
+
+@pytest.mark.parametrize("change", CONTROL_CHARACTER_HANDSHAKES)
+def test_accept_environ_refuses_control_characters_as_before(change: dict) -> None:
+    environ = handshake_environ(**change)
+    with pytest.raises(InvalidHeader):
+        request_headers_from_environ(environ)
+    with pytest.raises(InvalidHeader):
+        ServerProtocol().accept_environ("GET", environ)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"subprotocols": ["chat"]}, {"origins": ["http://127.0.0.1:8080"]}],
+)
+def test_accept_environ_leaves_negotiation_to_websockets(
+    options: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _counting_accept(monkeypatch)
+    environ = handshake_environ(
+        HTTP_SEC_WEBSOCKET_PROTOCOL=None if "origins" in options else "chat",
+        HTTP_ORIGIN="http://127.0.0.1:8080",
+    )
+    server = ServerProtocol(**options)
+    answer = server.accept_environ("GET", environ)
+    assert answer.status == 101 and calls == [1]
+    if "subprotocols" in options:
+        assert server.subprotocol == "chat"
