@@ -109,6 +109,13 @@ SERVER_DEFS = {
         "processes": 1,
         "hub": "memory://",
     },
+    "memory-nopings": {
+        "label": "fws memory x1 no pings",
+        "module": FWS_APP,
+        "processes": 1,
+        "hub": "memory://",
+        "ping_interval": "none",
+    },
     "memory-history": {
         "label": "fws memory x1 hist",
         "module": FWS_APP,
@@ -136,7 +143,10 @@ SERVER_DEFS = {
         "hub": "redis",
     },
 }
-ORDER = ["raw", "raw-direct", "memory", "memory-history", "local", "local-history", "redis"]
+ORDER = [
+    "raw", "raw-direct", "memory", "memory-nopings", "memory-history", "local", "local-history",
+    "redis",
+]  # fmt: skip
 BASELINE = "raw"
 
 # Code whose change during the benchmark would mix versions between runs.
@@ -940,6 +950,8 @@ def run_one(name: str, rnd: int, args, stamp: str, attempt: int = 1) -> dict:
     env = {}
     if d["hub"] is not None:
         env["WEBSOCKET_HUB_URL"] = d["hub"]
+    if d.get("ping_interval"):  # the keepalive's pings (raw uWSGI sends none)
+        env["BENCH_PING_INTERVAL"] = d["ping_interval"]
     if d.get("history"):
         env["BENCH_HISTORY_SIZE"] = str(d["history"])
         # a database of the run's own (removed afterwards): no stream left by the last one

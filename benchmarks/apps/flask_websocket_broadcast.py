@@ -13,7 +13,9 @@ Two routes:
 The hub comes from the ``WEBSOCKET_HUB_URL`` environment variable
 (``memory://`` if unset; ``local://``, ``redis://host:port/db``), and is
 copied into the app's config of the same name. ``BENCH_HISTORY_SIZE=N``
-gives the room a history of N messages (``WEBSOCKET_HISTORY``), and
+gives the room a history of N messages (``WEBSOCKET_HISTORY``),
+``BENCH_PING_INTERVAL`` sets ``WEBSOCKET_PING_INTERVAL`` (``none``: no
+keepalive pings, as a raw uWSGI app sends none), and
 ``BENCH_HUB_NAME`` names the local hub's deployment (its history database).
 
 Run under uWSGI with gevent (``--gevent-early-monkey-patch`` for the redis
@@ -39,6 +41,9 @@ app = Flask(__name__)
 app.config["WEBSOCKET_HUB_URL"] = os.environ.get("WEBSOCKET_HUB_URL") or "memory://"
 if os.environ.get("BENCH_HISTORY_SIZE"):  # the room keeps history (broadcast.py's *-history)
     app.config["WEBSOCKET_HISTORY"] = {ROOM: {"size": int(os.environ["BENCH_HISTORY_SIZE"])}}
+if os.environ.get("BENCH_PING_INTERVAL"):  # "none": no keepalive pings, as raw uWSGI
+    interval = os.environ["BENCH_PING_INTERVAL"]
+    app.config["WEBSOCKET_PING_INTERVAL"] = None if interval == "none" else float(interval)
 if os.environ.get("BENCH_HUB_NAME"):  # the local hub's (and its history's) own name
     app.config["WEBSOCKET_HUB_OPTIONS"] = {"name": os.environ["BENCH_HUB_NAME"]}
 websocket = WebSocket(app)
