@@ -336,15 +336,21 @@ def negotiates_nothing(ws: ValidatingServerProtocol) -> bool:
     return ws.origins is None and not ws.available_extensions and not ws.available_subprotocols
 
 
+#: ``ServerProtocol.accept_called``: set by accept() in 17.4, absent in 15.0.1.
+_HAS_ACCEPT_CALLED = hasattr(ValidatingServerProtocol(logger=_check_logger), "accept_called")
+
+
 def open_checked(ws: ValidatingServerProtocol) -> None:
     """Open a server protocol whose handshake the caller checked and answered.
 
     What ``accept()`` followed by ``send_response()`` of its ``101`` leaves,
     for a handshake that negotiated nothing (:func:`negotiates_nothing`):
-    the state OPEN, ``accept_called``, and no output (the response is
-    uWSGI's to write). :func:`_check_open_checked` compares the two.
+    the state OPEN, ``accept_called`` (17.4; 15.0.1 has no such attribute),
+    and no output (the response is uWSGI's to write).
+    :func:`_check_open_checked` compares the two.
     """
-    ws.accept_called = True
+    if _HAS_ACCEPT_CALLED:
+        ws.accept_called = True
     ws.state = _OPEN
     restart_parser(ws)
 

@@ -123,10 +123,22 @@ SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pur
 
 # --- 4. Smoke start -----------------------------------------------------------
 if [ ! -f "$PATHS" ]; then
-    # The master evaluates --pypy-eval before forking; os._exit ends it there.
-    (cd "$DIR" && timeout 120 "$UWSGI" --http-socket 127.0.0.1:0 --master \
+    # The master evaluates --pypy-eval before forking; os._exit ends it there,
+    # with 1 when the import fails (uWSGI would go on serving with no app).
+    SMOKE='import os, traceback
+try:
+    import flask, websockets, flask_websocket
+except BaseException:
+    traceback.print_exc()
+    os._exit(1)
+print("smoke: flask_websocket", flask_websocket.__version__, "websockets", websockets.__version__, flush=True)
+os._exit(0)'
+    # Should it hang all the same: --die-on-term
+    # makes timeout's SIGTERM end it (a uWSGI 2.0 master reloads on SIGTERM)
+    # and -k kills it if even that does not.
+    (cd "$DIR" && timeout -k 10 120 "$UWSGI" --http-socket 127.0.0.1:0 --master --die-on-term \
         --pypy-lib "$LIBPYPY" --pypy-home /usr --pypy-pp "$SITE" --pypy-pp "$REPO" \
-        --pypy-eval 'import os, flask, websockets, flask_websocket; print("smoke: flask_websocket", flask_websocket.__version__, "websockets", websockets.__version__, flush=True); os._exit(0)') \
+        --pypy-eval "$SMOKE") \
         > "$DIR/smoke.log" 2>&1 && grep -q '^smoke: flask_websocket' "$DIR/smoke.log" ||
         die "the PyPy uWSGI cannot import flask_websocket (see $DIR/smoke.log)"
     say "$(grep '^smoke:' "$DIR/smoke.log")"

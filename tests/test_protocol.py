@@ -750,12 +750,17 @@ def test_accept_environ_rfc_example_key() -> None:
 
 
 @pytest.mark.parametrize("change", CONTROL_CHARACTER_HANDSHAKES)
-def test_accept_environ_refuses_control_characters_as_before(change: dict) -> None:
+def test_accept_environ_treats_control_characters_as_before(change: dict) -> None:
+    """websockets 17.4 refuses them when the headers are built; 15.0.1 takes them."""
     environ = handshake_environ(**change)
-    with pytest.raises(InvalidHeader):
-        request_headers_from_environ(environ)
-    with pytest.raises(InvalidHeader):
-        ServerProtocol().accept_environ("GET", environ)
+    try:
+        headers = request_headers_from_environ(environ)
+    except InvalidHeader:
+        with pytest.raises(InvalidHeader):
+            ServerProtocol().accept_environ("GET", environ)
+    else:
+        expected = ServerProtocol().accept("GET", "/chat", headers)
+        assert _answer(ServerProtocol().accept_environ("GET", environ)) == _answer(expected)
 
 
 @pytest.mark.parametrize(
