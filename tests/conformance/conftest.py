@@ -6,7 +6,8 @@ import pytest
 
 MARKERS = {
     "autobahn": "runs the Autobahn|Testsuite fuzzing client against a real uWSGI "
-    "(needs scripts/install-autobahn.sh; about a minute per uWSGI mode)",
+    "(needs scripts/install-autobahn.sh; cases 1-10 about a minute per uWSGI front end, "
+    "the compression cases 12 and 13 about half an hour for both at once)",
     "uwsgi": "starts real uWSGI servers",
     # Normally registered by pytest-timeout; declared here so the marker is
     # known even without that plugin.
