@@ -116,6 +116,22 @@ SERVER_DEFS = {
         "hub": "memory://",
         "ping_interval": "none",
     },
+    "memory-rawloop": {  # a diagnostic: raw uWSGI's write loop in the library's worker
+        "label": "fws memory raw loop",
+        "module": FWS_APP,
+        "processes": 1,
+        "hub": "memory://",
+        "ping_interval": "none",
+        "fanout": "raw-loop",
+    },
+    "memory-rawloop-sorted": {  # the same, the fds in ascending order
+        "label": "fws memory raw loop sorted",
+        "module": FWS_APP,
+        "processes": 1,
+        "hub": "memory://",
+        "ping_interval": "none",
+        "fanout": "raw-loop-sorted",
+    },
     "memory-history": {
         "label": "fws memory x1 hist",
         "module": FWS_APP,
@@ -144,7 +160,8 @@ SERVER_DEFS = {
     },
 }
 ORDER = [
-    "raw", "raw-direct", "memory", "memory-nopings", "memory-history", "local", "local-history",
+    "raw", "raw-direct", "memory", "memory-nopings", "memory-rawloop", "memory-rawloop-sorted",
+    "memory-history", "local", "local-history",
     "redis",
 ]  # fmt: skip
 BASELINE = "raw"
@@ -952,6 +969,8 @@ def run_one(name: str, rnd: int, args, stamp: str, attempt: int = 1) -> dict:
         env["WEBSOCKET_HUB_URL"] = d["hub"]
     if d.get("ping_interval"):  # the keepalive's pings (raw uWSGI sends none)
         env["BENCH_PING_INTERVAL"] = d["ping_interval"]
+    if d.get("fanout"):
+        env["BENCH_FANOUT"] = d["fanout"]
     if d.get("history"):
         env["BENCH_HISTORY_SIZE"] = str(d["history"])
         # a database of the run's own (removed afterwards): no stream left by the last one

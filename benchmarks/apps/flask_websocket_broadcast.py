@@ -16,7 +16,9 @@ copied into the app's config of the same name. ``BENCH_HISTORY_SIZE=N``
 gives the room a history of N messages (``WEBSOCKET_HISTORY``),
 ``BENCH_PING_INTERVAL`` sets ``WEBSOCKET_PING_INTERVAL`` (``none``: no
 keepalive pings, as a raw uWSGI app sends none), and
-``BENCH_HUB_NAME`` names the local hub's deployment (its history database).
+``BENCH_HUB_NAME`` names the local hub's deployment (its history database),
+and ``BENCH_FANOUT=raw-loop`` (or ``raw-loop-sorted``) replaces
+``broadcast()`` with raw uWSGI's write loop (a diagnostic: :func:`_raw_loop`).
 
 Run under uWSGI with gevent (``--gevent-early-monkey-patch`` for the redis
 hub), from the repository root::
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import List
 
 from flask import Flask
 
@@ -70,7 +73,45 @@ def pub(ws: WebSocketConnection) -> None:
     excludes the time frames wait for the client to read them.
     """
     ws.send(f"ready {os.getpid()}")
+    raw_loop = os.environ.get("BENCH_FANOUT", "").startswith("raw-loop")
+    broadcast = _raw_loop if raw_loop else _broadcast
     while True:
         message = ws.receive()
-        websocket.broadcast(message, room=ROOM)  # type: ignore[arg-type]
+        broadcast(message)  # type: ignore[arg-type]
         ws.send(f"done {message[:8]} {time.monotonic_ns()}")  # type: ignore[index]
+
+
+
+def _broadcast(message: str) -> None:
+    websocket.broadcast(message, room=ROOM)
+
+
+#: The fds ``_raw_loop`` writes to, and the room's size when they were taken.
+_fds: List[int] = []
+_fds_of = -1
+
+
+def _raw_loop(message: str) -> None:
+    """A diagnostic (``BENCH_FANOUT=raw-loop``): raw uWSGI's write loop in this worker.
+
+    The frame built here and written with ``os.write`` to each member's fd
+    (private: ``_direct_fd``) in the order of the room's set of members,
+    or in ascending order with ``BENCH_FANOUT=raw-loop-sorted``, as the raw
+    app does; the list is taken again when the room's size changes. No
+    queue: a short write loses the rest (the benchmark counts it).
+    """
+    global _fds, _fds_of
+    members = websocket._state().hub.registry._rooms.get(ROOM, ())  # type: ignore[attr-defined]
+    if len(members) != _fds_of:
+        _fds = [c._direct_fd for c in members if c._direct_fd is not None]
+        if os.environ.get("BENCH_FANOUT") == "raw-loop-sorted":
+            _fds.sort()
+        _fds_of = len(members)
+    payload = message.encode()
+    frame = bytes((0x81, len(payload))) + payload  # a text frame under 126 bytes
+    write = os.write
+    for fd in _fds:
+        try:  # noqa: SIM105 (as the raw loop: contextlib.suppress costs a call per write)
+            write(fd, frame)
+        except BlockingIOError:
+            pass
